@@ -1,0 +1,129 @@
+"""The frozen image decoder: a Stable-Diffusion-layout folder (unet/, vae/, scheduler/, text_encoder/,
+tokenizer/) loaded through diffusers and transformers, exactly as CompVis/stable-diffusion-v1-4 is.
+
+The decoder never trains inside GenLLaVA: its weights are frozen, but gradients flow through the
+UNet's activations into the conditioning that the generation head produces.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from PIL import Image
+from torch import nn
+from transformers import AutoTokenizer, CLIPTextModel
+
+
+class DiffusionDecoder(nn.Module):
+    def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler, text_encoder=None, tokenizer=None):
+        super().__init__()
+        self.unet, self.vae = unet, vae
+        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.scheduler = scheduler  # sampling (DPM-Solver by default)
+        self.noise_scheduler = DDPMScheduler.from_config(scheduler.config)  # the training noise schedule
+
+    @classmethod
+    def from_pretrained(cls, path: str, text_encoder: bool = True, **kwargs) -> "DiffusionDecoder":
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kwargs)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kwargs)
+        scheduler = DPMSolverMultistepScheduler.from_pretrained(path, subfolder="scheduler", **kwargs)
+        encoder = tokenizer = None
+        if text_encoder:
+            encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer", **kwargs)
+        return cls(unet, vae, scheduler, encoder, tokenizer)
+
+    def freeze(self) -> "DiffusionDecoder":
+        self.requires_grad_(False)
+        return self.eval()
+
+    @property
+    def cross_attention_dim(self) -> int:
+        return self.unet.config.cross_attention_dim
+
+    @property
+    def resolution(self) -> int:
+        return self.vae.config.sample_size
+
+    @property
+    def prediction_type(self) -> str:
+        return self.noise_scheduler.config.prediction_type
+
+    # ---- images <-> latents -------------------------------------------------------------------
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        size = self.resolution
+        arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) for im in images]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        # The posterior mode, not a sample: the same image always gives the same latent.
+        latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode()
+        return latents * self.vae.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> list[Image.Image]:
+        pixels = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(p) for p in pixels]
+
+    # ---- text conditioning (the decoder's own, as SD has CLIP's) ----------------------------
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        if self.text_encoder is None:
+            raise RuntimeError("this decoder was loaded without its text encoder")
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        device = self.text_encoder.device
+        return self.text_encoder(tokens.input_ids.to(device)).last_hidden_state
+
+    # ---- training objective ------------------------------------------------------------------
+    def loss(self, latents: torch.Tensor, conditioning: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-sample diffusion loss; its target follows the scheduler's prediction_type."""
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        t = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        if self.prediction_type == "epsilon":
+            target = noise
+        elif self.prediction_type == "sample":
+            target = latents
+        elif self.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, t)
+        else:
+            raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
+        predicted = self.unet(noisy, t, encoder_hidden_states=conditioning.to(self.unet.dtype)).sample
+        return F.mse_loss(predicted.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+
+    # ---- sampling ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, conditioning: torch.Tensor, negative: torch.Tensor, *, steps: int = 20,
+               guidance_scale: float = 3.0, generator: torch.Generator | None = None,
+               init_images: torch.Tensor | None = None, strength: float = 1.0) -> list[Image.Image]:
+        """Classifier-free-guided sampling. With init_images and strength < 1 it is SDEdit: start
+        from the input's latent noised to `strength` of the schedule (0 keeps it, 1 regenerates)."""
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        batch, device = conditioning.shape[0], conditioning.device
+        scheduler = DPMSolverMultistepScheduler.from_config(self.scheduler.config)  # fresh state per call
+        scheduler.set_timesteps(steps, device=device)
+        timesteps = scheduler.timesteps
+        size = self.unet.config.sample_size
+        shape = (batch, self.unet.config.in_channels, size, size)
+        latents = torch.randn(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        if init_images is not None and strength < 1.0:
+            start = min(int(round(steps * (1.0 - strength))), steps - 1)
+            timesteps = timesteps[start:]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(start)
+            init = self.encode_images(init_images.to(device))
+            latents = scheduler.add_noise(init, latents, timesteps[:1].repeat(batch))
+        else:
+            latents = latents * scheduler.init_noise_sigma
+        negative = negative.expand(batch, -1, -1).to(conditioning.dtype)
+        both = torch.cat([negative, conditioning])
+        for t in timesteps:
+            model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            uncond, cond = self.unet(model_input, t, encoder_hidden_states=both.to(self.unet.dtype)).sample.chunk(2)
+            guided = uncond + guidance_scale * (cond - uncond)
+            latents = scheduler.step(guided, t, latents).prev_sample
+        return self.decode_latents(latents)

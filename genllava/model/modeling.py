@@ -1,0 +1,220 @@
+"""GenLlava: the composite model of the paper.
+
+    image -> VisionTower (frozen, penultimate layer) -> Projector -> LLM <- text
+    [IMG] positions: word embedding e + last hidden state h -> GenerationHead -> U (L x d_cross)
+    U -> frozen DiffusionDecoder (UNet cross-attention, VAE, scheduler, classifier-free guidance)
+
+Convention for the head's input (paper eq. 2), identical in training and inference: for each
+[IMGi] token *in the input sequence*, e is its input embedding and h is the LLM's final hidden
+state (hidden_states[-1], after the final norm) at that same position. Inference appends
+[IMG0..15][EOI] after a generated [SOI] and runs one forward pass, so both paths read the same
+positions of the same sequence.
+
+Classifier-free guidance: the unconditional branch is the decoder's own empty-prompt embedding
+(as SD's negative prompt ""), so training needs no condition dropout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, AutoImageProcessor
+
+from ..data import templates
+from ..data.conversation import Message
+from .config import GenLlavaConfig
+from .decoder import DiffusionDecoder
+from .generation_head import GenerationHead
+from .loading import loading, resolve
+from .processor import GenLlavaProcessor
+from .projector import Projector
+from .vision import VisionTower
+
+WEIGHTS_NAME = "model.safetensors"  # projector + generation head
+LANGUAGE_MODEL_DIR = "language_model"
+
+
+@dataclass
+class Reply:
+    text: str
+    task: str  # "[T2I]" or "[I2T]"
+    image: Image.Image | None = None
+
+
+class GenLlava(nn.Module):
+    def __init__(self, config: GenLlavaConfig, vision: VisionTower, language_model, processor: GenLlavaProcessor,
+                 decoder: DiffusionDecoder):
+        super().__init__()
+        self.config, self.processor = config, processor
+        self.vision, self.language_model, self.decoder = vision, language_model, decoder.freeze()
+        width = language_model.config.hidden_size
+        self.projector = Projector(vision.width, width)
+        self.generation_head = GenerationHead(config.head, width, decoder.cross_attention_dim, config.num_img_tokens)
+        # The unconditional branch of classifier-free guidance, as SD's negative prompt "".
+        self.register_buffer("negative_conditioning", decoder.encode_prompt([""]).detach(), persistent=False)
+        self.img_token_ids = torch.tensor(processor.img_token_ids)
+
+    # ---- construction and persistence -------------------------------------------------------------
+    @classmethod
+    def build(cls, config: GenLlavaConfig, max_length: int | None = None) -> "GenLlava":
+        """A fresh GenLLaVA from pretrained parts: base LM + tokenizer, vision tower, decoder."""
+        config.vision_tower, config.language_model, config.decoder = (
+            resolve(config.vision_tower), resolve(config.language_model), resolve(config.decoder))
+        with loading("the vision tower", config.vision_tower):
+            vision = VisionTower.from_pretrained(config.vision_tower, config.vision_feature_layer)
+            image_processor = AutoImageProcessor.from_pretrained(config.vision_tower)
+        with loading("the language model", config.language_model):
+            tokenizer = AutoTokenizer.from_pretrained(config.language_model)
+            language_model = AutoModelForCausalLM.from_pretrained(config.language_model)
+        GenLlavaProcessor.add_genllava_tokens(tokenizer)
+        language_model.resize_token_embeddings(len(tokenizer))
+        with loading("the image decoder", config.decoder):
+            decoder = DiffusionDecoder.from_pretrained(config.decoder)
+        processor = GenLlavaProcessor(tokenizer, image_processor, vision.num_patches, max_length or config.max_length)
+        return cls(config, vision, language_model, processor, decoder)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.save(folder)
+        self.language_model.save_pretrained(folder / LANGUAGE_MODEL_DIR)
+        own = {f"projector.{k}": v for k, v in self.projector.state_dict().items()}
+        own |= {f"generation_head.{k}": v for k, v in self.generation_head.state_dict().items()}
+        save_file({k: v.detach().contiguous().cpu() for k, v in own.items()}, str(folder / WEIGHTS_NAME))
+        self.processor.save_pretrained(folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "GenLlava":
+        folder = Path(folder)
+        config = GenLlavaConfig.load(folder)
+        with loading("the vision tower", config.vision_tower):
+            vision = VisionTower.from_pretrained(config.vision_tower, config.vision_feature_layer)
+        with loading("the trained language model", str(folder / LANGUAGE_MODEL_DIR)):
+            language_model = AutoModelForCausalLM.from_pretrained(folder / LANGUAGE_MODEL_DIR)
+            processor = GenLlavaProcessor.from_pretrained(folder)
+        with loading("the image decoder", config.decoder):
+            decoder = DiffusionDecoder.from_pretrained(config.decoder)
+        model = cls(config, vision, language_model, processor, decoder)
+        state = load_file(str(folder / WEIGHTS_NAME))
+        model.projector.load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("projector.")})
+        model.generation_head.load_state_dict({k[16:]: v for k, v in state.items() if k.startswith("generation_head.")})
+        return model.eval()
+
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """What trains in the single stage: projector, LLM (incl. new token rows), generation head."""
+        return {"projector": list(self.projector.parameters()), "language_model": list(self.language_model.parameters()),
+                "generation_head": list(self.generation_head.parameters())}
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector[0].weight.device
+
+    # ---- forward ------------------------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        embeds = self.language_model.get_input_embeddings()(input_ids)
+        slots = input_ids == self.processor.image_token_id
+        if pixel_values is None:
+            if slots.any():
+                raise ValueError("the text holds image slots but no image was given")
+            return embeds
+        features = self.projector(self.vision(pixel_values))
+        if slots.sum() != features.shape[0] * features.shape[1]:
+            raise ValueError(f"{int(slots.sum())} image slots for {features.shape[0]} images of {features.shape[1]} patches")
+        return embeds.masked_scatter(slots.unsqueeze(-1), features.to(embeds.dtype))
+
+    def img_states(self, input_ids: torch.Tensor, embeds: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """e + h at every [IMG] position, grouped per image answer: (answers, N, width)."""
+        mask = torch.isin(input_ids, self.img_token_ids.to(input_ids.device))
+        n = self.config.num_img_tokens
+        return (embeds[mask] + hidden[mask]).view(-1, n, embeds.shape[-1])
+
+    def forward(self, input_ids, attention_mask, labels, pixel_values=None, target_pixels=None,
+                target_captions: list[str] | None = None, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        embeds = self.embed(input_ids, pixel_values)
+        out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
+                                  output_hidden_states=True)
+        losses = {"lm_loss": out.loss}
+        total = out.loss
+        if target_pixels is not None and target_pixels.shape[0] > 0:
+            conditioning = self.generation_head(self.img_states(input_ids, embeds, out.hidden_states[-1]))
+            with torch.no_grad():
+                latents = self.decoder.encode_images(target_pixels)
+            losses["diffusion_loss"] = self.decoder.loss(latents, conditioning, generator).mean()
+            total = total + self.config.diffusion_loss_weight * losses["diffusion_loss"]
+            if self.config.align_loss_weight > 0 and target_captions:
+                with torch.no_grad():
+                    target_conditioning = self.decoder.encode_prompt(target_captions)
+                losses["align_loss"] = nn.functional.mse_loss(conditioning, target_conditioning)
+                total = total + self.config.align_loss_weight * losses["align_loss"]
+        losses["loss"] = total
+        return losses
+
+    # ---- inference ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, conversations: list[list[Message]], images: list[Image.Image | None], *,
+                 task: str | None = None, max_new_tokens: int = 64, seed: int = 0,
+                 guidance_scale: float | None = None, steps: int | None = None, strength: float = 1.0) -> list[Reply]:
+        """One assistant reply per conversation (batched, left-padded, greedy).
+
+        `images[i]` is conversation i's input image (or None). `task` forces "[T2I]" or "[I2T]";
+        otherwise the model decides. `strength` < 1 starts image answers from the noised input
+        image (SDEdit) where there is one.
+        """
+        if len(conversations) != len(images):
+            raise ValueError("give one image (or None) per conversation")
+        proc = self.processor
+        prompts = [proc.encode_prompt(msgs, task) for msgs in conversations]
+        ids, mask = proc.pad(prompts, left=True)
+        given = [im for im in images if im is not None]
+        pixels = proc.pixel_values(given).to(self.device) if given else None
+        embeds = self.embed(ids.to(self.device), pixels)
+        stop = [proc.eos_id, proc.soi_id]
+        out = self.language_model.generate(inputs_embeds=embeds, attention_mask=mask.to(self.device),
+                                           max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
+                                           pad_token_id=proc.pad_id)
+        replies, wants_image = [], []
+        for row, prompt in enumerate(prompts):
+            new = out[row].tolist()
+            cut = next((i for i, t in enumerate(new) if t in stop), len(new))
+            body = ([proc.task_ids[task]] if task else []) + new[:cut]
+            chosen = next((t for t, tid in proc.task_ids.items() if body and body[0] == tid), templates.I2T)
+            ends_in_image = cut < len(new) and new[cut] == proc.soi_id
+            replies.append(Reply(proc.decode(body), chosen))
+            if ends_in_image or task == templates.T2I:
+                wants_image.append((row, prompt + new[:cut] + [proc.soi_id, *proc.img_token_ids, proc.eoi_id]))
+        if wants_image:
+            self._draw(wants_image, images, replies, seed, guidance_scale, steps, strength)
+        return replies
+
+    def _draw(self, wants_image, images, replies, seed, guidance_scale, steps, strength) -> None:
+        proc = self.processor
+        rows = [row for row, _ in wants_image]
+        ids, mask = proc.pad([seq for _, seq in wants_image], left=True)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        given = [images[r] for r in rows if images[r] is not None]
+        embeds = self.embed(ids, proc.pixel_values(given).to(self.device) if given else None)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as in training: 0.. from the first real token
+        hidden = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                     output_hidden_states=True).hidden_states[-1]
+        states = self.img_states(ids, embeds, hidden)
+        # A conversation may hold earlier image answers; the new one is each row's last block.
+        blocks = torch.isin(ids, self.img_token_ids.to(ids.device)).sum(-1) // self.config.num_img_tokens
+        conditioning = self.generation_head(states[blocks.cumsum(0) - 1])
+        init = None
+        if strength < 1.0:
+            if any(images[r] is None for r in rows):
+                raise ValueError("strength < 1 needs an input image for every conversation that draws")
+            init = self.decoder.preprocess([images[r] for r in rows])
+        drawn = self.decoder.sample(conditioning, self.negative_conditioning,
+                                    steps=steps or self.config.inference_steps,
+                                    guidance_scale=guidance_scale or self.config.guidance_scale,
+                                    generator=torch.Generator(self.device).manual_seed(seed),
+                                    init_images=init, strength=strength)
+        for row, image in zip(rows, drawn):
+            replies[row].image = image
+            replies[row].task = templates.T2I

@@ -1,0 +1,35 @@
+"""Plain text of the shapes world: what the world's tokenizer and language model learn from."""
+
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+from ..data import templates
+from .tasks import GENERATORS, scene_question, text_task
+from .world import random_scene
+
+
+def _strip_markers(text: str) -> str:
+    for token in templates.ADDED_TOKENS:
+        text = text.replace(token, "")
+    return text.strip()
+
+
+def world_text(count: int, seed: int) -> Iterator[str]:
+    """`count` documents: captions, questions with answers, text tasks and instructions."""
+    rng = random.Random(seed)
+    for i in range(count):
+        kind = i % 4
+        if kind == 0:
+            yield f"This is an image of {random_scene(rng).caption()}."
+        elif kind == 1:
+            question, answer = scene_question(random_scene(rng), rng)
+            yield f"{templates.USER_PREFIX}{question}{templates.TURN_SEPARATOR}{templates.ASSISTANT_PREFIX}{answer}"
+        elif kind == 2:
+            question, answer = text_task(rng)
+            yield f"{templates.USER_PREFIX}{question}{templates.TURN_SEPARATOR}{templates.ASSISTANT_PREFIX}{answer}"
+        else:
+            record = GENERATORS[rng.choice(["generation", "editing", "multiturn"])](rng, "corpus")
+            yield " ".join(_strip_markers(turn["value"]) for turn in record["conversations"] if turn["from"] == "human")
+    yield templates.SYSTEM_PROMPT

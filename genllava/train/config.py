@@ -1,0 +1,22 @@
+"""TrainConfig: the optimisation recipe, dumped with every run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    warmup_ratio: float = 0.03
+    global_batch_size: int = 128
+    micro_batch_size: int = 16  # per device; accumulation makes up the global batch
+    max_steps: int = 1000  # optimizer steps
+    mixed_precision: str = "auto"  # bf16 where the device supports it, else fp32
+    checkpoint_every: int = 0  # optimizer steps; 0 = only at the end
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny components of the real classes, built from configs, saved with
+save_pretrained and loaded back through the same from_pretrained path a 7B user takes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+
+
+@pytest.fixture(scope="session")
+def tiny_components(tmp_path_factory):
+    """(tokenizer_dir, vision_dir, lm_dir, decoder_dir): each pretrained for a step or two."""
+    from genllava.shapes.pretrain_decoder import pretrain_decoder
+    from genllava.shapes.pretrain_lm import pretrain_lm
+    from genllava.shapes.pretrain_vision import pretrain_vision
+    from genllava.shapes.tokenizer import build_tokenizer
+
+    root = tmp_path_factory.mktemp("components")
+    tokenizer = build_tokenizer(documents=2000)
+    pretrain_vision(root / "vision", tokenizer, steps=1, batch=4)
+    pretrain_lm(root / "language", tokenizer, steps=1, batch=4)
+    pretrain_decoder(root / "decoder", tokenizer, vae_steps=1, unet_steps=1, batch=4, evaluate=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_components):
+    from genllava.model.config import GenLlavaConfig, HeadConfig
+
+    return GenLlavaConfig(vision_tower=str(tiny_components / "vision"), language_model=str(tiny_components / "language"),
+                          decoder=str(tiny_components / "decoder"), max_length=256,
+                          head=HeadConfig(width=32, heads=2, encoder_layers=1, decoder_layers=1),
+                          inference_steps=2, align_loss_weight=1.0)
+
+
+@pytest.fixture()
+def tiny_model(tiny_config):
+    from copy import deepcopy
+
+    from genllava.model.modeling import GenLlava
+
+    torch.manual_seed(0)
+    return GenLlava.build(deepcopy(tiny_config))
