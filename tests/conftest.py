@@ -47,3 +47,42 @@ def tiny_model(tiny_config):
 
     torch.manual_seed(0)
     return GenLlava.build(deepcopy(tiny_config))
+
+
+PHOTOS = sorted(os.path.join(SHARED, "fixtures", "photos", name)
+                for name in (os.listdir(os.path.join(SHARED, "fixtures", "photos"))
+                             if os.path.isdir(os.path.join(SHARED, "fixtures", "photos")) else []))
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """Real 512x512 RGB JPEG photographs from the shared fixtures."""
+    if not PHOTOS:
+        pytest.skip(f"no photographs under {SHARED}/fixtures/photos")
+    return PHOTOS
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_components):
+    """A GenLlavaProcessor on the tiny components' tokenizer and image processor (no model)."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    from genllava.model.processor import GenLlavaProcessor
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_components / "language")
+    GenLlavaProcessor.add_genllava_tokens(tokenizer)
+    image_processor = AutoImageProcessor.from_pretrained(tiny_components / "vision")
+    return GenLlavaProcessor(tokenizer, image_processor, image_seq_length=16, max_length=256)
+
+
+@pytest.fixture(scope="session")
+def saved_tiny_model(tiny_config, tmp_path_factory):
+    """A tiny GenLlava (untrained glue) saved with save_pretrained: the folder a user would pass as --model."""
+    from copy import deepcopy
+
+    from genllava.model.modeling import GenLlava
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("saved") / "model"
+    GenLlava.build(deepcopy(tiny_config)).save_pretrained(folder)
+    return folder

@@ -1,0 +1,154 @@
+"""The `genllava` command. User mistakes end with exit code 2 and one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .data.conversation import RecordError
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, RecordError, RuntimeError)
+
+
+def _quickstart(args) -> None:
+    from .quickstart import quickstart
+
+    quickstart(args.out, mix=args.mix, steps=args.steps, eval_samples=args.samples, seed=args.seed)
+
+
+def _eval_shapes(args) -> None:
+    from .eval.shapes_eval import evaluate_shapes
+    from .model.modeling import GenLlava
+    from .quickstart import flat_metrics
+
+    results, _ = evaluate_shapes(GenLlava.from_pretrained(args.model), args.seed, args.samples)
+    payload = {**results, "metrics": flat_metrics(results), "seed": args.seed, "samples": args.samples}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+    for key, value in payload["metrics"].items():
+        print(f"{key:32s} {value:.3f}")
+
+
+def _chat(args) -> None:
+    from .chat import ChatSession
+
+    session = ChatSession.open(args.model, args.out_dir, seed=args.seed, strength=args.strength)
+    if args.image:
+        session.attach(args.image)
+    if args.message is not None:
+        print(session.say(args.message))
+    else:
+        session.repl()
+
+
+def _one_image(args, instruction: str, image_path: str | None) -> None:
+    from .chat import ChatSession
+    from .data.templates import T2I
+
+    session = ChatSession.open(args.model, str(Path(args.out).parent), seed=args.seed, strength=getattr(args, "strength", 1.0))
+    if image_path:
+        session.attach(image_path)
+    reply = session.reply(instruction, task=T2I)
+    reply.image.save(args.out)
+    print(f"saved {args.out}")
+
+
+def _pretrain(args) -> None:
+    from transformers import AutoTokenizer
+
+    from . import presets
+
+    out = Path(args.out or presets.SHAPES_PRETRAINED / args.component)
+    if args.component == "tokenizer":
+        from .shapes.tokenizer import build_tokenizer
+
+        build_tokenizer(seed=args.seed).save_pretrained(out)
+        print(f"saved {out}")
+        return
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or presets.SHAPES_PRETRAINED / "tokenizer")
+    if args.component == "vision":
+        from .shapes.pretrain_vision import pretrain_vision as run
+    elif args.component == "language":
+        from .shapes.pretrain_lm import pretrain_lm as run
+    else:
+        from .shapes.pretrain_decoder import pretrain_decoder as run
+    steps = {"unet_steps": args.steps} if args.component == "decoder" else {"steps": args.steps}
+    print(run(out, tokenizer, seed=args.seed, **{k: v for k, v in steps.items() if v is not None}))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genllava", description="Generative visual instruction tuning: one model "
+                                "that understands, generates and edits images.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("quickstart", help="train and evaluate on the embedded shapes world")
+    q.add_argument("--out", default="runs/quickstart")
+    q.add_argument("--mix", default="full", help="full | understanding-only (ablation)")
+    q.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the shapes preset's)")
+    q.add_argument("--samples", type=int, default=50, help="evaluation samples per task")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(run=_quickstart)
+
+    e = sub.add_parser("eval", help="evaluate a trained model")
+    esub = e.add_subparsers(dest="suite", required=True)
+    es = esub.add_parser("shapes", help="every capability on a fresh seed of the shapes world")
+    es.add_argument("--model", required=True)
+    es.add_argument("--seed", type=int, default=1)
+    es.add_argument("--samples", type=int, default=50)
+    es.add_argument("--out", required=True)
+    es.set_defaults(run=_eval_shapes)
+
+    c = sub.add_parser("chat", help="talk with a model (a REPL without --message)")
+    c.add_argument("--model", required=True)
+    c.add_argument("--image", default=None)
+    c.add_argument("--message", default=None)
+    c.add_argument("--out-dir", default="runs/chat", help="where generated images are saved")
+    c.add_argument("--strength", type=float, default=1.0, help="edit strength: < 1 keeps more of the input (SDEdit)")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(run=_chat)
+
+    g = sub.add_parser("generate", help="draw one image from a prompt")
+    g.add_argument("--model", required=True)
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--out", required=True)
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(run=lambda a: _one_image(a, a.prompt, None))
+
+    d = sub.add_parser("edit", help="edit one image by an instruction")
+    d.add_argument("--model", required=True)
+    d.add_argument("--image", required=True)
+    d.add_argument("--instruction", required=True)
+    d.add_argument("--out", required=True)
+    d.add_argument("--strength", type=float, default=1.0)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(run=lambda a: _one_image(a, a.instruction, a.image))
+
+    s = sub.add_parser("shapes", help="the shapes world's own tools")
+    ssub = s.add_subparsers(dest="shapes_command", required=True)
+    pre = ssub.add_parser("pretrain", help="pretrain one of the world's components (shipped pretrained)")
+    pre.add_argument("component", choices=["tokenizer", "vision", "language", "decoder"])
+    pre.add_argument("--out", default=None, help="default: the package's shipped folder")
+    pre.add_argument("--tokenizer", default=None)
+    pre.add_argument("--steps", type=int, default=None)
+    pre.add_argument("--seed", type=int, default=0)
+    pre.set_defaults(run=_pretrain)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

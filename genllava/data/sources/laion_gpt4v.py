@@ -1,0 +1,62 @@
+"""laion/gpt4v-dataset: GPT-4V descriptions of LAION images.
+
+Native layout: rows `{"link", "caption"}` in Parquet, JSON or JSON lines. The dataset ships links,
+not images: download each `link` into the `images` folder and name the file by the SHA-1 hex digest
+of the link (any extension), or add an `image` column holding the path relative to `images`
+(docs/data.md has a short download script). A link that was not downloaded is a missing image.
+Config: `path` = the annotation file(s), `images` = the download folder. Long answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from functools import lru_cache
+from pathlib import Path
+
+from ..records import MISSING
+from ..templates import IMAGE_TOKEN, LONG_VQA, text_answer
+from .base import Draft, gpt, human, image_under, import_pyarrow, load_json_records, text_field
+
+TASK = "understanding"
+NEEDS_IMAGES = True
+OPTIONS = {}
+REQUESTS = (
+    "Describe this image in detail.",
+    "Provide a detailed description of the image.",
+    "What is shown in this image? Describe it thoroughly.",
+    "Write a detailed caption for this image.",
+)
+
+
+def files(src):
+    return list(src.paths)
+
+
+def candidates(src) -> list:
+    items = []
+    for path in src.paths:
+        if path.suffix == ".parquet":
+            items.extend(import_pyarrow().read_table(path).to_pylist())
+        else:
+            items.extend(load_json_records(path))
+    return items
+
+
+@lru_cache(maxsize=4)
+def _by_stem(folder: str) -> dict[str, str]:
+    return {Path(name).stem: name for name in sorted(os.listdir(folder))}
+
+
+def draft(item, src, rng: random.Random) -> Draft:
+    caption = text_field(item, "caption", "empty_answer")
+    if item.get("image"):
+        image = image_under(src.images, item["image"])
+    else:
+        name = _by_stem(str(src.images)).get(hashlib.sha1(text_field(item, "link").encode()).hexdigest())
+        image = src.images / name if name else MISSING
+    question = LONG_VQA.format(question=rng.choice(REQUESTS))
+    return Draft(origin=str(item.get("link", item.get("image", ""))),
+                 conversations=[human(f"{IMAGE_TOKEN}\n{question}"), gpt(text_answer(caption))],
+                 image=image)

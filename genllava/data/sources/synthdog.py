@@ -1,0 +1,52 @@
+"""SynthDoG-EN (Kim et al. 2022, `naver-clova-ix/synthdog-en`): synthetic documents to read aloud.
+
+Native layout: Parquet files (`data/train-*.parquet`) with `image` (`{"bytes", "path"}`) and
+`ground_truth`, a JSON string whose `gt_parse.text_sequence` is the rendered text.
+Config: `path` = the folder with the Parquet files (or one file). Each row becomes a reading request
+(in one of a few phrasings) answered with the full text: Figure A1's long form.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+from ..records import Reject
+from ..templates import IMAGE_TOKEN, LONG_VQA, text_answer
+from .base import Draft, gpt, human, parquet_candidates, parquet_files, parquet_image, parquet_row
+
+TASK = "understanding"
+NEEDS_IMAGES = False  # images are inside the Parquet rows
+OPTIONS = {}
+REQUESTS = (
+    "What is written in this image?",
+    "Read all the text in the image.",
+    "Transcribe the text in this document.",
+    "What does the document say?",
+)
+
+
+def files(src):
+    return [path for root in src.paths for path in parquet_files(root)]
+
+
+def candidates(src) -> list:
+    return parquet_candidates(files(src))
+
+
+def draft(item, src, rng: random.Random) -> Draft:
+    row = parquet_row(item)
+    try:
+        text = json.loads(row["ground_truth"])["gt_parse"]["text_sequence"]
+    except (KeyError, TypeError):
+        raise Reject("bad_record") from None
+    except json.JSONDecodeError:
+        raise Reject("bad_json") from None
+    if not isinstance(text, str):
+        raise Reject("bad_record")
+    if not text.strip():
+        raise Reject("empty_answer")
+    question = LONG_VQA.format(question=rng.choice(REQUESTS))
+    return Draft(origin=f"{item[0].rsplit('/', 1)[-1]}:{item[1]}:{item[2]}",
+                 conversations=[human(f"{IMAGE_TOKEN}\n{question}"), gpt(text_answer(text.strip()))],
+                 image=parquet_image(row.get("image")))

@@ -1,0 +1,47 @@
+"""Named recipes: which pretrained parts a GenLLaVA is built from, and how it trains.
+
+`genllava-mistral-7b` is the paper's recipe (SigLIP-large/384, Mistral-7B-Instruct, SD v1.4,
+AdamW lr 2e-5, wd 0.1, clip 1.0, warmup 3 % + cosine, batch 128, bf16). `shapes` is the same
+architecture on the shapes world's tiny pretrained parts, which ship inside the package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .model.config import GenLlavaConfig, HeadConfig
+from .train.config import TrainConfig
+
+SHAPES_PRETRAINED = Path(__file__).parent / "shapes" / "pretrained"
+
+
+def shapes() -> tuple[GenLlavaConfig, TrainConfig]:
+    model = GenLlavaConfig(
+        vision_tower=str(SHAPES_PRETRAINED / "vision"), language_model=str(SHAPES_PRETRAINED / "language"),
+        decoder=str(SHAPES_PRETRAINED / "decoder"), max_length=256,
+        head=HeadConfig(width=128, heads=4, encoder_layers=4, decoder_layers=4, num_queries=77),
+        # GILL-style auxiliary target: the decoder's own embedding of the target caption. It makes
+        # the head usable within a laptop-sized budget; the diffusion loss still trains it end to end.
+        align_loss_weight=1.0, guidance_scale=3.0, inference_steps=20)
+    train = TrainConfig(learning_rate=1e-3, weight_decay=0.01, max_grad_norm=1.0, warmup_ratio=0.03,
+                        global_batch_size=32, micro_batch_size=32, max_steps=700, seed=0)
+    return model, train
+
+
+def genllava_mistral_7b() -> tuple[GenLlavaConfig, TrainConfig]:
+    model = GenLlavaConfig(
+        vision_tower="google/siglip-large-patch16-384", language_model="mistralai/Mistral-7B-Instruct-v0.2",
+        decoder="CompVis/stable-diffusion-v1-4", max_length=2048,
+        head=HeadConfig(width=512, heads=8, encoder_layers=4, decoder_layers=4, num_queries=77))
+    train = TrainConfig(learning_rate=2e-5, weight_decay=0.1, max_grad_norm=1.0, warmup_ratio=0.03,
+                        global_batch_size=128, micro_batch_size=4, max_steps=16_000, mixed_precision="auto")
+    return model, train
+
+
+PRESETS = {"shapes": shapes, "genllava-mistral-7b": genllava_mistral_7b}
+
+
+def preset(name: str) -> tuple[GenLlavaConfig, TrainConfig]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
