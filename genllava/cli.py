@@ -55,6 +55,47 @@ def _one_image(args, instruction: str, image_path: str | None) -> None:
     print(f"saved {args.out}")
 
 
+def _train(args) -> None:
+    from . import presets
+    from .data.collate import SkipReport, prepare
+    from .model.modeling import GenLlava
+    from .shapes.tasks import make_records
+    from .train.sampling import StreamedExamples
+    from .train.trainer import train
+
+    model_config, train_config = presets.preset(args.preset)
+    if args.steps is not None:
+        train_config.max_steps = args.steps
+    train_config.seed = args.seed
+    model = GenLlava.from_pretrained(Path(args.resume) / "model") if args.resume else GenLlava.build(model_config)
+    skipped = SkipReport()
+    if args.data:
+        from .data.shards import iter_records, read_manifest
+
+        read_manifest(args.data)  # fails early, in one line, on a folder that is not a built mixture
+        examples = StreamedExamples(lambda epoch: prepare(iter_records(args.data, seed=args.seed * 1000 + epoch),
+                                                          model.processor, skipped))
+    else:
+        count = train_config.max_steps * train_config.global_batch_size
+        examples = list(prepare(make_records(count, args.seed), model.processor, skipped))
+    train(model, examples, train_config, args.out, resume=args.resume)
+    model.save_pretrained(Path(args.out) / "model")
+    print(f"saved {Path(args.out) / 'model'}; skipped records: {skipped.total} {dict(skipped.counts)}")
+
+
+def _data_build(args) -> None:
+    from .data.build import build_mixture
+
+    manifest = build_mixture(args.config, args.out)
+    print(json.dumps({k: manifest[k] for k in ("records", "tasks", "sources", "skipped")}, indent=2))
+
+
+def _data_validate(args) -> None:
+    from .data.build import validate_mixture
+
+    print(json.dumps(validate_mixture(args.dir, decode_images=args.decode_images), indent=2, default=str))
+
+
 def _pretrain(args) -> None:
     from transformers import AutoTokenizer
 
@@ -90,6 +131,26 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--samples", type=int, default=50, help="evaluation samples per task")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(run=_quickstart)
+
+    t = sub.add_parser("train", help="single-stage GenLLaVA training")
+    t.add_argument("--preset", default="shapes", help="shapes | genllava-mistral-7b")
+    t.add_argument("--data", default=None, help="a mixture built by `genllava data build` (default: shapes world)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--resume", default=None, help="a checkpoint folder OUT/checkpoints/step-N")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(run=_train)
+
+    data = sub.add_parser("data", help="build and check training mixtures (GVIT-mix)")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    db = dsub.add_parser("build", help="build a mixture from local copies of the public datasets")
+    db.add_argument("--config", required=True)
+    db.add_argument("--out", required=True)
+    db.set_defaults(run=_data_build)
+    dv = dsub.add_parser("validate", help="re-check a built mixture")
+    dv.add_argument("dir")
+    dv.add_argument("--decode-images", action="store_true")
+    dv.set_defaults(run=_data_validate)
 
     e = sub.add_parser("eval", help="evaluate a trained model")
     esub = e.add_subparsers(dest="suite", required=True)

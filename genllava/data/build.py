@@ -26,11 +26,11 @@ import os
 import random
 import shutil
 import tarfile
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from pathlib import Path
 
 from .mixture import MixtureConfig, SourceConfig, load_config, target_count
-from .records import FILTER_REASONS, Reject, conversation_problem, decode_image, try_check_image, validate_record
+from .records import FILTER_REASONS, Reject, conversation_problem, try_check_image, validate_record
 from .shards import MANIFEST, SHARD_DIR, add_member, decode_record, iter_raw_shard, open_tar_writer, read_manifest
 from .sources import get_reader
 from .sources.base import Bad
@@ -103,7 +103,7 @@ def _source_checksums(config: MixtureConfig, work: Path, fingerprint: str) -> di
     if state is not None:
         for name, checksum in checksums.items():
             if state["checksums"].get(name, {}).get("sha256") != checksum["sha256"]:
-                raise ValueError(f"source {name} changed since this build started; delete {work} to start over")
+                raise ValueError(f"source {name} changed since this build started; delete {work.parent} to start over")
     work.mkdir(parents=True, exist_ok=True)
     _write_atomic(state_path, _dump({"config_sha256": fingerprint, "checksums": checksums, "files": files}))
     return checksums
@@ -221,37 +221,37 @@ class _Stager:
             self.chunks.append(stem.with_suffix(".jsonl"))
             return stats
         folder.mkdir(parents=True, exist_ok=True)
-        drafts = [(index, *self._draft(src, reader, items[index], index)) for index in indices]
-        jobs = [(source, self.config.max_image_pixels) for _, draft, _ in drafts if draft
-                for source in ([draft.image] if draft.image is not None else []) + draft.targets]
-        results = iter(self._check_images(jobs))
-        skipped, filtered, records, new = Counter(), Counter(), [], {}
-        for index, draft, reason in drafts:
-            checked = []
-            if draft:
-                checked = [next(results) for _ in range(int(draft.image is not None) + len(draft.targets))]
-                reason = next((result[1] for result in checked if result[0] == "reject"), None)
-            if reason:
-                (filtered if reason in FILTER_REASONS else skipped)[reason] += 1
-                continue
-            names = [f"{sha}.{ext}" for _, sha, ext, _ in checked]
-            for name, (_, _, _, data) in zip(names, checked):
-                if name not in self.images:
-                    new.setdefault(name, data)
-            has_image = draft.image is not None
-            records.append({"id": f"{src.name}/{index}", "image": names[0] if has_image else None,
-                            "target_image": names[1:] if has_image else names,
-                            "conversations": draft.conversations,
-                            "meta": {"task": src.task, "source": src.name, "origin": draft.origin}})
-        # Commit: image bytes, then records, then the stats file that marks the chunk done.
-        placed, offset = {}, 0
+        skipped, filtered, records, placed = Counter(), Counter(), [], {}
         blob = stem.with_suffix(".bin")
-        with open(blob.with_name(blob.name + ".tmp"), "wb") as f:
-            for name, data in new.items():
-                f.write(data)
-                placed[name] = (str(blob.relative_to(self.work)), offset, len(data))
-                offset += len(data)
-        os.replace(blob.with_name(blob.name + ".tmp"), blob)
+        blob_tmp = blob.with_name(blob.name + ".tmp")
+        # Small batches bound memory (Parquet drafts carry image bytes) and keep the workers busy.
+        step = max(256, 64 * self.config.workers)
+        with open(blob_tmp, "wb") as f:
+            for start in range(0, len(indices), step):
+                drafts = [(index, *self._draft(src, reader, items[index], index)) for index in indices[start:start + step]]
+                jobs = [(source, self.config.max_image_pixels) for _, draft, _ in drafts if draft
+                        for source in ([draft.image] if draft.image is not None else []) + draft.targets]
+                results = iter(self._check_images(jobs))
+                for index, draft, reason in drafts:
+                    checked = []
+                    if draft:
+                        checked = [next(results) for _ in range(int(draft.image is not None) + len(draft.targets))]
+                        reason = next((result[1] for result in checked if result[0] == "reject"), None)
+                    if reason:
+                        (filtered if reason in FILTER_REASONS else skipped)[reason] += 1
+                        continue
+                    names = [f"{sha}.{ext}" for _, sha, ext, _ in checked]
+                    for name, (_, _, _, data) in zip(names, checked):
+                        if name not in self.images and name not in placed:  # each image stored once
+                            placed[name] = (str(blob.relative_to(self.work)), f.tell(), len(data))
+                            f.write(data)
+                    has_image = draft.image is not None
+                    records.append({"id": f"{src.name}/{index}", "image": names[0] if has_image else None,
+                                    "target_image": names[1:] if has_image else names,
+                                    "conversations": draft.conversations,
+                                    "meta": {"task": src.task, "source": src.name, "origin": draft.origin}})
+        # Commit: image bytes, then records, then the stats file that marks the chunk done.
+        os.replace(blob_tmp, blob)
         lines = b"".join(json.dumps(r, ensure_ascii=False, sort_keys=True).encode() + b"\n" for r in records)
         _write_atomic(stem.with_suffix(".jsonl"), lines)
         stats = {"examined": len(indices), "accepted": len(records), "skipped": dict(skipped),
@@ -310,11 +310,14 @@ def _plan_shards(chunks: list[Path], seed: int, shard_size: int):
 def _write_shards(config: MixtureConfig, out: Path, stager: _Stager) -> list[dict]:
     locations, plan = _plan_shards(stager.chunks, config.seed, config.shard_size)
     (out / SHARD_DIR).mkdir(exist_ok=True)
-    files: dict[str, object] = {}
+    files: OrderedDict[str, object] = OrderedDict()
 
     def read(relative: str, offset: int, size: int) -> bytes:  # from the staged files under work/
         if relative not in files:
+            if len(files) >= 64:  # stay far below the open-file limit, however many chunks
+                files.popitem(last=False)[1].close()
             files[relative] = open(stager.work / relative, "rb")
+        files.move_to_end(relative)
         f = files[relative]
         f.seek(offset)
         return f.read(size)
@@ -447,10 +450,11 @@ def validate_mixture(root, decode_images: bool = False, raise_on_error: bool = T
         if file_sha256(path) != shard["sha256"]:
             errors.append(f"{shard['path']}: checksum differs from the manifest")
             continue
-        count = 0
+        count, names = 0, set()
         try:
             for record, stored in iter_raw_shard(path):
                 count += 1
+                names.update(stored)
                 rid = record.get("id")
                 source, task = record.get("meta", {}).get("source"), record.get("meta", {}).get("task")
                 if rid in ids:
@@ -472,8 +476,7 @@ def validate_mixture(root, decode_images: bool = False, raise_on_error: bool = T
                         validate_record(decode_record(record, stored))
                     except Exception as error:  # a broken image or record: report it, go on
                         errors.append(f"{shard['path']}: {rid}: {error}")
-            with tarfile.open(path) as tar:
-                images += sum(not m.name.endswith(".json") for m in tar.getmembers())
+            images += len(names)
         except KeyError as error:
             errors.append(f"{shard['path']}: a record names image {error} that is not stored before it")
         except (tarfile.TarError, json.JSONDecodeError, OSError) as error:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +20,7 @@ from transformers import get_cosine_schedule_with_warmup
 from ..data.collate import Collator, Example
 from ..model.modeling import GenLlava
 from .config import TrainConfig
+from .sampling import InMemoryExamples, StreamedExamples
 
 STATE_NAME = "trainer_state.pt"
 
@@ -46,19 +46,13 @@ def describe_trainable(model: GenLlava) -> list[str]:
     return lines
 
 
-def _order(count: int, seed: int, epoch: int) -> list[int]:
-    order = list(range(count))
-    random.Random(seed * 100_003 + epoch).shuffle(order)
-    return order
-
-
-def train(model: GenLlava, examples: list[Example], config: TrainConfig, out: str | Path, *,
+def train(model: GenLlava, examples: list[Example] | StreamedExamples, config: TrainConfig, out: str | Path, *,
           resume: str | Path | None = None, log: Callable[[str], None] = print,
           stop_after: int | None = None) -> list[dict]:
     """Runs config.max_steps optimizer steps (or until `stop_after`, for tests of resuming);
-    returns the per-step loss history. Checkpoints go to out/checkpoints/step-N."""
-    if not examples:
-        raise ValueError("no training examples left after filtering; see the skip report")
+    returns the per-step loss history. Checkpoints go to out/checkpoints/step-N; to resume, load
+    the model from CHECKPOINT/model and pass resume=CHECKPOINT."""
+    source = examples if isinstance(examples, StreamedExamples) else InMemoryExamples(examples, config.seed)
     accelerator = Accelerator(mixed_precision=mixed_precision(config.mixed_precision))
     torch.manual_seed(config.seed)
     micro = config.micro_batch_size
@@ -90,9 +84,7 @@ def train(model: GenLlava, examples: list[Example], config: TrainConfig, out: st
         totals: dict[str, float] = {}
         for m in range(accumulation):
             first = step * per_step + (m * accelerator.num_processes + accelerator.process_index) * micro
-            epoch, offset = divmod(first, len(examples))
-            order = _order(len(examples), config.seed, epoch)
-            batch = collate([examples[order[(offset + i) % len(examples)]] for i in range(micro)])
+            batch = collate(source.take(first, micro))
             batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with accelerator.autocast():
                 losses = model(**batch, generator=generator)

@@ -10,6 +10,7 @@ config takes `count: all`. `scale` multiplies the good records; the broken ones 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import random
@@ -22,7 +23,28 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-REAL_IP2P = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "ipr2pr"
+ROOT = Path(__file__).resolve().parents[2]
+REAL_IP2P = ROOT.parent / "shared" / "fixtures" / "ipr2pr"
+# The Hugging Face forms (InstructPix2Pix's Parquet, SynthDoG-EN) need pyarrow; without it they are left out.
+HAVE_PYARROW = importlib.util.find_spec("pyarrow") is not None
+
+# The paper's task shares (GenLLaVA, Table 1): natural language, editing, generation, understanding.
+PAPER_TASKS = {"text": 0.0193, "editing": 0.0963, "generation": 0.2688, "understanding": 0.6156}
+# How the scaled fixture splits each task over its sources (understanding's split is ours).
+SCALED_PROPORTIONS = {
+    "sharegpt": 0.0193,
+    "instructpix2pix": 0.06, "ip2p_parquet": 0.0363,
+    "llava_pretrain": 0.2688,
+    "llava_finetune": 0.20, "lvis_instruct4v": 0.08, "sharegpt4v": 0.05, "lrv_instruction": 0.06,
+    "laion_gpt4v": 0.03, "docvqa": 0.04, "synthdog": 0.03, "chartqa": 0.04, "dvqa": 0.05, "ai2d": 0.0356,
+}
+if not HAVE_PYARROW:  # their shares go to the same task's other sources
+    SCALED_PROPORTIONS["instructpix2pix"] += SCALED_PROPORTIONS.pop("ip2p_parquet")
+    SCALED_PROPORTIONS["docvqa"] += SCALED_PROPORTIONS.pop("synthdog")
+SCALED_TOTAL = 3000
+SCALED_SIZES = {"sharegpt": 70, "instructpix2pix": 200, "ip2p_parquet": 120, "llava_pretrain": 850,
+                "llava_finetune": 700, "sharegpt4v": 170, "lrv_instruction": 200, "laion_gpt4v": 100,
+                "docvqa": 230, "synthdog": 100, "chartqa": 130, "dvqa": 170, "ai2d": 115}
 WORDS = ("red blue green small large wooden metal old new bright dark round square cat dog tree house car "
          "boat river mountain street chart bar value year table document receipt letter form").split()
 
@@ -422,7 +444,7 @@ def write_fixtures(root: Path, scale: int = 1, seed: int = 0, sizes: dict | None
     sources = {
         "sharegpt": sharegpt(m, n["sharegpt"]),
         "instructpix2pix": instructpix2pix(m, n["instructpix2pix"]),
-        "ip2p_parquet": instructpix2pix_parquet(m, n["ip2p_parquet"]),
+        "ip2p_parquet": instructpix2pix_parquet(m, n["ip2p_parquet"]) if HAVE_PYARROW else None,
         "llava_pretrain": llava_pretrain(m, n["llava_pretrain"]),
         "llava_finetune": finetune,
         "lvis_instruct4v": lvis,
@@ -430,14 +452,21 @@ def write_fixtures(root: Path, scale: int = 1, seed: int = 0, sizes: dict | None
         "lrv_instruction": lrv_instruction(m, n["lrv_instruction"]),
         "laion_gpt4v": laion_gpt4v(m, n["laion_gpt4v"]),
         "docvqa": docvqa(m, n["docvqa"]),
-        "synthdog": synthdog(m, n["synthdog"]),
+        "synthdog": synthdog(m, n["synthdog"]) if HAVE_PYARROW else None,
         "chartqa": chartqa(m, n["chartqa"]),
         "dvqa": dvqa(m, n["dvqa"]),
         "ai2d": ai2d(m, n["ai2d"]),
     }
+    sources = {name: source for name, source in sources.items() if source is not None}
     expected = {name: {"accepted": e["accepted"], "skipped": dict(e["skipped"]), "filtered": dict(e["filtered"])}
                 for name, e in m.expected.items()}
     return sources, expected
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder`, by relative path."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def write_config(path: Path, sources: dict, counts: dict | None = None, **settings) -> Path:

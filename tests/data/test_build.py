@@ -17,7 +17,7 @@ import genllava.data.build as build
 from genllava.data.build import build_mixture, validate_mixture
 from genllava.data.records import validate_record
 from genllava.data.shards import iter_raw_shard, iter_records, shard_paths
-from conftest import ROOT, tree_digest
+from native_fixtures import ROOT, tree_digest
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ from collections import Counter
 from torch.utils.data import DataLoader
 
 from genllava.data.build import validate_mixture
+from genllava.data.conversation import parse_record
 from genllava.data.dataset import MixtureDataset
 from genllava.data.records import validate_record
 from genllava.data.shards import iter_raw_shard, shard_paths
-from conftest import PAPER_TASKS, SCALED_PROPORTIONS, SCALED_TOTAL
+from native_fixtures import PAPER_TASKS, SCALED_PROPORTIONS, SCALED_TOTAL
 
 
 def test_mixture_hits_the_configured_proportions(scaled):
@@ -43,6 +44,7 @@ def test_training_consumes_the_shards(scaled):
     for batch in loader:
         for record in batch:
             validate_record(record)
+            parse_record(record)  # what the training collate parses every record with
             ids.append(record["id"])
             tasks[record["meta"]["task"]] += 1
     assert len(ids) == len(set(ids)) == manifest["records"]  # each record once per epoch, across workers

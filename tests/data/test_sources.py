@@ -42,6 +42,7 @@ def test_instructpix2pix_reads_the_real_samples_as_they_are():
 
 
 def test_instructpix2pix_parquet_form(mini):
+    pytest.importorskip("pyarrow")
     sources = mini[0]
     src = Src(sources["ip2p_parquet"]["path"])
     items = instructpix2pix.candidates(src)
@@ -98,3 +99,18 @@ def test_config_resolves_relative_paths(tmp_path):
     (source,) = config.sources
     assert source.paths == ((tmp_path / "data" / "ChartQA" / "train").resolve(),)
     assert source.images == source.paths[0] / "png" and source.count == 5 and source.task == "understanding"
+
+
+def test_shipped_config_has_the_papers_task_shares():
+    from collections import Counter
+
+    from native_fixtures import PAPER_TASKS, ROOT
+
+    config = load_config(ROOT / "configs" / "gvit-mix.yaml")
+    tasks = Counter()
+    for source in config.sources:
+        tasks[source.task] += source.count
+    total = sum(tasks.values())
+    assert abs(total - 2_076_000) <= 1000
+    for task, share in PAPER_TASKS.items():
+        assert abs(tasks[task] / total - share) <= 0.0005, task
