@@ -289,7 +289,7 @@ def test_prepare_counts_malformed_records_and_keeps_good_ones(tiny_processor):
 
 
 @pytest.mark.xfail(strict=True, reason="SkipReport reason keeps the record id / turn repr: genllava/data/"
-                   "conversation.py:63 'record {id!r} has no conversations' has no ': ' to split on, and "
+                   "conversation.py:59 'record {id!r} has no conversations' has no ': ' to split on, and "
                    "parse_turn's message embeds the turn dict, so equal problems are counted as distinct reasons")
 def test_skip_report_groups_equal_problems_under_one_reason(tiny_processor):
     records = [{"id": "a", "conversations": []}, {"id": "b"},
