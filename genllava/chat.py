@@ -15,7 +15,8 @@ class ChatSession:
     def __init__(self, model: GenLlava, out_dir: str | Path, seed: int = 0, strength: float = 1.0):
         self.model, self.out_dir, self.seed, self.strength = model, Path(out_dir), seed, strength
         self.history: list[Message] = []
-        self.image = None
+        self.image = None  # the input image the conversation is about
+        self.latest = None  # the latest image of the conversation: SDEdit starts from it
         self.saved = 0
 
     @classmethod
@@ -25,14 +26,17 @@ class ChatSession:
     def attach(self, path: str) -> None:
         """A new input image starts a new conversation about it."""
         self.image, self.history = load_image(path), []
+        self.latest = self.image
 
     def reply(self, text: str, task: str | None = None) -> Reply:
         if not text or not text.strip():
             raise ValueError("empty message; type a question, a request for an image, or /quit")
         message = user(text.strip(), has_image=self.image is not None and not self.history)
-        strength = self.strength if self.image is not None else 1.0
+        strength = self.strength if self.latest is not None else 1.0
         reply = self.model.generate([self.history + [message]], [self.image], task=task, seed=self.seed + len(self.history),
-                                    strength=strength)[0]
+                                    strength=strength, init_images=[self.latest])[0]
+        if reply.image is not None:
+            self.latest = reply.image
         self.history += [message, Message(ASSISTANT, reply.text if reply.image is None else "", task=reply.task,
                                           image_answer=reply.image is not None)]
         return reply
@@ -57,7 +61,7 @@ class ChatSession:
             if line in ("/quit", "/exit"):
                 return
             if line == "/reset":
-                self.history, self.image = [], None
+                self.history, self.image, self.latest = [], None, None
                 print("(conversation cleared)")
                 continue
             try:

@@ -33,7 +33,12 @@ def _eval_shapes(args) -> None:
 
 def _chat(args) -> None:
     from .chat import ChatSession
+    from .data.images import load_image
 
+    if args.image:
+        load_image(args.image)  # check the user's input before loading a model
+    if args.message is not None and not args.message.strip():
+        raise ValueError("empty message; give --message some text, or leave it out for a chat")
     session = ChatSession.open(args.model, args.out_dir, seed=args.seed, strength=args.strength)
     if args.image:
         session.attach(args.image)
@@ -45,8 +50,14 @@ def _chat(args) -> None:
 
 def _one_image(args, instruction: str, image_path: str | None) -> None:
     from .chat import ChatSession
+    from .data.images import load_image
     from .data.templates import T2I
 
+    if image_path:
+        load_image(image_path)  # check the user's input before loading a model
+    if not instruction.strip():
+        raise ValueError("empty prompt or instruction; say what the image should show")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     session = ChatSession.open(args.model, str(Path(args.out).parent), seed=args.seed, strength=getattr(args, "strength", 1.0))
     if image_path:
         session.attach(image_path)
@@ -115,8 +126,10 @@ def _pretrain(args) -> None:
         from .shapes.pretrain_lm import pretrain_lm as run
     else:
         from .shapes.pretrain_decoder import pretrain_decoder as run
-    steps = {"unet_steps": args.steps} if args.component == "decoder" else {"steps": args.steps}
-    print(run(out, tokenizer, seed=args.seed, **{k: v for k, v in steps.items() if v is not None}))
+    options = {"unet_steps" if args.component == "decoder" else "steps": args.steps, "batch": args.batch}
+    if args.component == "decoder":
+        options.update(vae_steps=args.vae_steps, evaluate=not args.no_eval)
+    print(run(out, tokenizer, seed=args.seed, **{k: v for k, v in options.items() if v is not None}))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -192,7 +205,10 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("component", choices=["tokenizer", "vision", "language", "decoder"])
     pre.add_argument("--out", default=None, help="default: the package's shipped folder")
     pre.add_argument("--tokenizer", default=None)
-    pre.add_argument("--steps", type=int, default=None)
+    pre.add_argument("--steps", type=int, default=None, help="training steps (the decoder's UNet steps)")
+    pre.add_argument("--batch", type=int, default=None)
+    pre.add_argument("--vae-steps", type=int, default=None, help="decoder only: autoencoder steps")
+    pre.add_argument("--no-eval", action="store_true", help="decoder only: skip scoring all captions")
     pre.add_argument("--seed", type=int, default=0)
     pre.set_defaults(run=_pretrain)
     return p
@@ -200,6 +216,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # loading bars are noise around a one-line answer or error
     try:
         args.run(args)
     except KeyboardInterrupt:

@@ -136,10 +136,6 @@ def test_save_load_chat_generate_and_edit(trained, photos, tmp_path, monkeypatch
         assert reply.task == T2I and reply.image.size == (32, 32)
 
 
-@pytest.mark.xfail(strict=True, reason="genllava/chat.py ChatSession.reply: SDEdit (strength < 1) always starts "
-                   "from the attached photo (and is off when no photo is attached), so 'Now make it red' after a "
-                   "generated image edits the wrong picture. Use the latest image of the conversation (the last "
-                   "generated one, else the attached one) as the init image")
 def test_chat_edit_starts_from_the_latest_image(trained, tmp_path, monkeypatch):
     model = trained["model"].eval()
     session = ChatSession(model, tmp_path, strength=0.5)

@@ -288,9 +288,6 @@ def test_prepare_counts_malformed_records_and_keeps_good_ones(tiny_processor):
         assert phrase in reasons
 
 
-@pytest.mark.xfail(strict=True, reason="SkipReport reason keeps the record id / turn repr: genllava/data/"
-                   "conversation.py:59 'record {id!r} has no conversations' has no ': ' to split on, and "
-                   "parse_turn's message embeds the turn dict, so equal problems are counted as distinct reasons")
 def test_skip_report_groups_equal_problems_under_one_reason(tiny_processor):
     records = [{"id": "a", "conversations": []}, {"id": "b"},
                {"id": "c", "conversations": [{"from": "system", "value": "x"}, {"from": "gpt", "value": "y"}]},
@@ -301,8 +298,6 @@ def test_skip_report_groups_equal_problems_under_one_reason(tiny_processor):
     assert len(report.counts) == 2, dict(report.counts)  # "no conversations" x2, "bad turn" x2
 
 
-@pytest.mark.xfail(strict=True, reason="genllava/data/conversation.py:36 parse_turn calls turn.get() on a "
-                   "non-dict turn: AttributeError escapes prepare() instead of a counted RecordError")
 def test_prepare_survives_turns_that_are_not_objects(tiny_processor):
     report = SkipReport()
     records = [{"id": "strings", "conversations": ["hello", "hi"]}, make_records(1, seed=0)[0]]

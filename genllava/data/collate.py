@@ -43,7 +43,7 @@ def to_example(record: dict, processor: GenLlavaProcessor) -> Example:
     messages = parse_record(record)
     encoded = processor.encode(messages)
     if all(label == IGNORE for label in encoded.labels):
-        raise RecordError("all labels masked (first exchange longer than max_length)")
+        raise RecordError("all labels masked (first exchange longer than max_length)", record.get("id"))
     targets = list(record.get("target_image") or [])[: encoded.image_answers]
     captions = list(record.get("target_caption") or [])[: encoded.image_answers]
     if encoded.image_answers == 0 or len(captions) != len(targets):
@@ -56,9 +56,11 @@ def prepare(records, processor: GenLlavaProcessor, report: SkipReport):
     """Yields Examples; skipped records go to `report` with their reason."""
     for record in records:
         try:
+            if not isinstance(record, dict):
+                raise RecordError("a record is not an object")
             yield to_example(record, processor)
         except RecordError as err:
-            report.add(str(err).split(": ", 1)[-1], record.get("id"))
+            report.add(err.reason, record.get("id") if isinstance(record, dict) else None)
 
 
 class Collator:

@@ -16,7 +16,12 @@ _ROLES = {"human": USER, "user": USER, "gpt": ASSISTANT, "assistant": ASSISTANT}
 
 
 class RecordError(ValueError):
-    """A record that cannot be trained on; the message says which and why."""
+    """A record that cannot be trained on. `reason` is a fixed phrase (what reports count by);
+    the message adds which record."""
+
+    def __init__(self, reason: str, record_id=None):
+        self.reason = reason
+        super().__init__(reason if record_id is None else f"record {record_id!r}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -33,10 +38,12 @@ def user(text: str, has_image: bool = False) -> Message:
 
 
 def parse_turn(turn: dict) -> Message:
+    if not isinstance(turn, dict):
+        raise RecordError("a turn is not an object with 'from' and 'value'")
     role = _ROLES.get(turn.get("from"))
     value = turn.get("value")
     if role is None or not isinstance(value, str):
-        raise RecordError(f"turn {turn!r} needs 'from' (human|gpt) and a string 'value'")
+        raise RecordError("a turn needs 'from' (human|gpt) and a string 'value'")
     if role == USER:
         has_image = IMAGE_TOKEN in value
         if value.count(IMAGE_TOKEN) > 1:
@@ -54,18 +61,24 @@ def parse_turn(turn: dict) -> Message:
 
 def parse_record(record: dict) -> list[Message]:
     """Messages of a record; checks alternation and that images match their placeholders."""
+    rid = record.get("id")
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns:
-        raise RecordError(f"record {record.get('id')!r} has no conversations")
-    messages = [parse_turn(t) for t in turns]
+        raise RecordError("no conversations", rid)
+    try:
+        messages = [parse_turn(t) for t in turns]
+    except RecordError as err:
+        raise RecordError(err.reason, rid) from None
     for i, m in enumerate(messages):
         if m.role != (USER if i % 2 == 0 else ASSISTANT):
-            raise RecordError(f"record {record.get('id')!r}: turns must alternate human/gpt, starting with human")
+            raise RecordError("turns must alternate human/gpt, starting with human", rid)
         if m.role == ASSISTANT and not m.text and not m.image_answer:
-            raise RecordError(f"record {record.get('id')!r}: empty answer in turn {i}")
+            raise RecordError("empty answer", rid)
+    if len(messages) % 2:
+        raise RecordError("the last human turn has no answer", rid)
     if sum(m.has_image for m in messages) != (1 if record.get("image") is not None else 0):
-        raise RecordError(f"record {record.get('id')!r}: <image> placeholders do not match the image given")
+        raise RecordError("<image> placeholders do not match the image given", rid)
     targets = record.get("target_image") or []
     if sum(m.image_answer for m in messages) != len(targets):
-        raise RecordError(f"record {record.get('id')!r}: image answers do not match target_image count")
+        raise RecordError("image answers do not match the target_image count", rid)
     return messages

@@ -19,7 +19,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
+        # 16-bit modes span 0..65535 whatever this picture holds; 32-bit "I" is often 8-bit data.
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
         image = Image.fromarray((array / peak * 255).clip(0, 255).astype(np.uint8), "L")
     if image.mode == "P":
         image = image.convert("RGBA")

@@ -24,6 +24,22 @@ USER_PREFIX = "USER: "
 ASSISTANT_PREFIX = "ASSISTANT: "
 TURN_SEPARATOR = "\n"
 
+# The same layout as a Jinja chat template, saved with the tokenizer for apply_chat_template users.
+# (GenLlavaProcessor builds ids piece by piece instead, so user text can never become a control
+# token; it also expands the single <image> into one token per patch.)
+CHAT_TEMPLATE = (
+    "{{ bos_token }}" + SYSTEM_PROMPT + "\n\n"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}" + USER_PREFIX +
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}" + IMAGE_TOKEN + "\n{% else %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}" + TURN_SEPARATOR +
+    "{% else %}" + ASSISTANT_PREFIX + "{{ message['content'] }}{{ eos_token }}" + TURN_SEPARATOR + "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT_PREFIX + "{% endif %}"
+)
+
 # Figure A1 of the paper: how each kind of instruction is phrased.
 SHORT_VQA = "{question}\nAnswer the question using a single word or phrase."
 LONG_VQA = "{question}"

@@ -37,7 +37,12 @@ class DiffusionDecoder(nn.Module):
 
     def freeze(self) -> "DiffusionDecoder":
         self.requires_grad_(False)
+        self.frozen = True
         return self.eval()
+
+    def train(self, mode: bool = True) -> "DiffusionDecoder":
+        # Once frozen, always in eval mode, even when the model around it trains.
+        return super().train(mode and not getattr(self, "frozen", False))
 
     @property
     def cross_attention_dim(self) -> int:

@@ -22,7 +22,7 @@ def loading(what: str, name: str):
     except (OSError, ValueError, EnvironmentError) as err:
         where = "local folder" if Path(name).exists() else "hub id (not a local path)"
         hint = ("it is not on this machine and the model hub could not be reached; download it first "
-                "(e.g. `hf download NAME`) or give a local path") if where.startswith("hub") else str(err).splitlines()[0]
+                f"(`hf download {name}`) or give a local path") if where.startswith("hub") else str(err).splitlines()[0]
         raise ComponentError(f"cannot load {what} from {where} {name!r}: {hint}") from None
     finally:
         hf_logging.set_verbosity(verbosity)

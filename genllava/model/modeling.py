@@ -158,15 +158,17 @@ class GenLlava(nn.Module):
     @torch.no_grad()
     def generate(self, conversations: list[list[Message]], images: list[Image.Image | None], *,
                  task: str | None = None, max_new_tokens: int = 64, seed: int = 0,
-                 guidance_scale: float | None = None, steps: int | None = None, strength: float = 1.0) -> list[Reply]:
+                 guidance_scale: float | None = None, steps: int | None = None, strength: float = 1.0,
+                 init_images: list[Image.Image | None] | None = None) -> list[Reply]:
         """One assistant reply per conversation (batched, left-padded, greedy).
 
         `images[i]` is conversation i's input image (or None). `task` forces "[T2I]" or "[I2T]";
-        otherwise the model decides. `strength` < 1 starts image answers from the noised input
-        image (SDEdit) where there is one.
+        otherwise the model decides. `strength` < 1 starts image answers from a noised starting
+        image (SDEdit): `init_images[i]`, by default the input image.
         """
         if len(conversations) != len(images):
             raise ValueError("give one image (or None) per conversation")
+        init_images = images if init_images is None else init_images
         proc = self.processor
         prompts = [proc.encode_prompt(msgs, task) for msgs in conversations]
         ids, mask = proc.pad(prompts, left=True)
@@ -174,9 +176,12 @@ class GenLlava(nn.Module):
         pixels = proc.pixel_values(given).to(self.device) if given else None
         embeds = self.embed(ids.to(self.device), pixels)
         stop = [proc.eos_id, proc.soi_id]
+        # Control tokens that only the code may place ([IMG*] follow [SOI] by construction).
+        placed_by_code = [proc.image_token_id, *proc.img_token_ids, proc.eoi_id, *proc.task_ids.values()]
         out = self.language_model.generate(inputs_embeds=embeds, attention_mask=mask.to(self.device),
                                            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
-                                           pad_token_id=proc.pad_id)
+                                           pad_token_id=proc.pad_id,
+                                           suppress_tokens=placed_by_code if task else placed_by_code[:-2])
         replies, wants_image = [], []
         for row, prompt in enumerate(prompts):
             new = out[row].tolist()
@@ -188,10 +193,10 @@ class GenLlava(nn.Module):
             if ends_in_image or task == templates.T2I:
                 wants_image.append((row, prompt + new[:cut] + [proc.soi_id, *proc.img_token_ids, proc.eoi_id]))
         if wants_image:
-            self._draw(wants_image, images, replies, seed, guidance_scale, steps, strength)
+            self._draw(wants_image, images, init_images, replies, seed, guidance_scale, steps, strength)
         return replies
 
-    def _draw(self, wants_image, images, replies, seed, guidance_scale, steps, strength) -> None:
+    def _draw(self, wants_image, images, init_images, replies, seed, guidance_scale, steps, strength) -> None:
         proc = self.processor
         rows = [row for row, _ in wants_image]
         ids, mask = proc.pad([seq for _, seq in wants_image], left=True)
@@ -207,12 +212,12 @@ class GenLlava(nn.Module):
         conditioning = self.generation_head(states[blocks.cumsum(0) - 1])
         init = None
         if strength < 1.0:
-            if any(images[r] is None for r in rows):
+            if any(init_images[r] is None for r in rows):
                 raise ValueError("strength < 1 needs an input image for every conversation that draws")
-            init = self.decoder.preprocess([images[r] for r in rows])
+            init = self.decoder.preprocess([init_images[r] for r in rows])
         drawn = self.decoder.sample(conditioning, self.negative_conditioning,
                                     steps=steps or self.config.inference_steps,
-                                    guidance_scale=guidance_scale or self.config.guidance_scale,
+                                    guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
                                     generator=torch.Generator(self.device).manual_seed(seed),
                                     init_images=init, strength=strength)
         for row, image in zip(rows, drawn):

@@ -61,6 +61,7 @@ class GenLlavaProcessor:
                                             replace_extra_special_tokens=False)
 
     def save_pretrained(self, folder: str | Path) -> None:
+        self.tokenizer.chat_template = templates.CHAT_TEMPLATE
         self.tokenizer.save_pretrained(folder)
         self.image_processor.save_pretrained(folder)
         Path(folder, PROCESSOR_CONFIG).write_text(json.dumps(
@@ -96,7 +97,7 @@ class GenLlavaProcessor:
         for start in range(0, len(messages) - 1, 2):
             question, answer = messages[start], messages[start + 1]
             if answer.role != ASSISTANT:
-                raise RecordError("turns must alternate user/assistant")
+                raise RecordError("turns must alternate human/gpt, starting with human")
             prompt = self._user_turn(question) + self._assistant
             reply = self._answer(answer) + self._newline
             if len(input_ids) + len(prompt) + len(reply) > self.max_length:
