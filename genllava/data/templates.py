@@ -20,9 +20,12 @@ SYSTEM_PROMPT = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant understands, generates and edits images, and answers helpfully."
 )
-USER_PREFIX = "USER: "
-ASSISTANT_PREFIX = "ASSISTANT: "
+USER_PREFIX = "USER:"
+ASSISTANT_PREFIX = "ASSISTANT:"
 TURN_SEPARATOR = "\n"
+# Text after a prefix or a task token starts with this space, as in running text: the pieces then
+# tokenize as the language model saw them in pretraining ("ASSISTANT: 7" -> "ASSISTANT", ":", " 7").
+CONTENT_LEAD = " "
 
 # The same layout as a Jinja chat template, saved with the tokenizer for apply_chat_template users.
 # (GenLlavaProcessor builds ids piece by piece instead, so user text can never become a control
@@ -31,9 +34,9 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}" + SYSTEM_PROMPT + "\n\n"
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}" + USER_PREFIX +
-    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% if message['content'] is string %}" + CONTENT_LEAD + "{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}" + IMAGE_TOKEN + "\n{% else %}{{ part['text'] }}{% endif %}"
+    "{% if part['type'] == 'image' %}" + IMAGE_TOKEN + "\n{% else %}" + CONTENT_LEAD + "{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}" + TURN_SEPARATOR +
     "{% else %}" + ASSISTANT_PREFIX + "{{ message['content'] }}{{ eos_token }}" + TURN_SEPARATOR + "{% endif %}"
     "{% endfor %}"

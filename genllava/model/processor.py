@@ -3,7 +3,7 @@
 Layout of one conversation (each piece tokenized on its own, so training and inference always
 produce the same ids, and user text can never turn into a special token):
 
-    <s> SYSTEM \n\n  USER: <image>*P \n text \n  ASSISTANT: [I2T] answer </s> \n  USER: ...
+    <s> SYSTEM \n\n  USER: <image>*P \n ␣text \n  ASSISTANT: [I2T] ␣answer </s> \n  USER: ...
 
 Only assistant answers (task token, text, [SOI][IMG0..15][EOI], </s>) carry labels. An image's
 P patch tokens sit at the start of its user turn, before the text.
@@ -73,6 +73,9 @@ class GenLlavaProcessor:
         return cls(AutoTokenizer.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder), **settings)
 
     # ---- text ------------------------------------------------------------------------------------
+    def _content(self, text: str) -> list[int]:
+        return self._text(templates.CONTENT_LEAD + text) if text else []
+
     def _text(self, text: str) -> list[int]:
         # split_special_tokens: "<image>" or "[IMG3]" typed by a user is text, never a control token.
         return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids if text else []
@@ -81,10 +84,10 @@ class GenLlavaProcessor:
         ids = list(self._user)
         if message.has_image:
             ids += [self.image_token_id] * self.image_seq_length + self._newline
-        return ids + self._text(message.text) + self._newline
+        return ids + self._content(message.text) + self._newline
 
     def _answer(self, message: Message) -> list[int]:
-        ids = [self.task_ids[message.task or templates.I2T]] + self._text(message.text)
+        ids = [self.task_ids[message.task or templates.I2T]] + self._content(message.text)
         if message.image_answer:
             ids += [self.soi_id, *self.img_token_ids, self.eoi_id]
         return ids + [self.eos_id]
