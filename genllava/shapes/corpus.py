@@ -25,12 +25,12 @@ def world_text(count: int, seed: int) -> Iterator[str]:
             yield f"This is an image of {random_scene(rng).caption()}."
         elif kind == 1:
             question, answer = scene_question(random_scene(rng), rng)
-            yield f"{templates.USER_PREFIX}{templates.CONTENT_LEAD}{question}{templates.TURN_SEPARATOR}"
-                   f"{templates.ASSISTANT_PREFIX}{templates.CONTENT_LEAD}{answer}"
+            yield (f"{templates.USER_PREFIX}{templates.CONTENT_LEAD}{question}{templates.TURN_SEPARATOR}"
+                   f"{templates.ASSISTANT_PREFIX}{templates.CONTENT_LEAD}{answer}")
         elif kind == 2:
             question, answer = text_task(rng)
-            yield f"{templates.USER_PREFIX}{templates.CONTENT_LEAD}{question}{templates.TURN_SEPARATOR}"
-                   f"{templates.ASSISTANT_PREFIX}{templates.CONTENT_LEAD}{answer}"
+            yield (f"{templates.USER_PREFIX}{templates.CONTENT_LEAD}{question}{templates.TURN_SEPARATOR}"
+                   f"{templates.ASSISTANT_PREFIX}{templates.CONTENT_LEAD}{answer}")
         else:
             record = GENERATORS[rng.choice(["generation", "editing", "multiturn"])](rng, "corpus")
             yield " ".join(_strip_markers(turn["value"]) for turn in record["conversations"] if turn["from"] == "human")

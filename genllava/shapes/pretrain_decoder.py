@@ -91,14 +91,19 @@ def evaluate_decoder(decoder: DiffusionDecoder, seed: int = 0, steps: int = 20, 
 
 def pretrain_decoder(out: str | Path, tokenizer: PreTrainedTokenizerBase, *, vae_steps: int = 600,
                      unet_steps: int = 3000, batch: int = 32, lr: float = 1e-3, seed: int = 0,
-                     evaluate: bool = True) -> dict:
+                     evaluate: bool = True, init_from: str | Path | None = None) -> dict:
+    """Trains from scratch, or continues a decoder saved earlier (init_from: its autoencoder is kept)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    vae = tiny_vae()
-    train_vae(vae, vae_steps, batch, seed)
-    vae.requires_grad_(False)
-    latent_size = IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
-    decoder = DiffusionDecoder(tiny_unet(latent_size), vae, world_scheduler(), tiny_text_encoder(tokenizer), tokenizer)
+    if init_from is not None:
+        decoder = DiffusionDecoder.from_pretrained(str(init_from))
+        vae_steps = 0
+    else:
+        vae = tiny_vae()
+        train_vae(vae, vae_steps, batch, seed)
+        latent_size = IMAGE_SIZE // 2 ** (len(vae.config.block_out_channels) - 1)
+        decoder = DiffusionDecoder(tiny_unet(latent_size), vae, world_scheduler(), tiny_text_encoder(tokenizer), tokenizer)
+    decoder.vae.requires_grad_(False)
     params = [*decoder.unet.parameters(), *decoder.text_encoder.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(unet_steps, 1), pct_start=0.05)
@@ -120,7 +125,7 @@ def pretrain_decoder(out: str | Path, tokenizer: PreTrainedTokenizerBase, *, vae
     accuracy = evaluate_decoder(decoder, seed) if evaluate else None
     save_decoder(decoder, out)
     report = {"accuracy_own_text_encoder": accuracy, "vae_steps": vae_steps, "unet_steps": unet_steps,
-              "batch": batch, "seed": seed}
+              "batch": batch, "lr": lr, "seed": seed, "init_from": None if init_from is None else str(init_from)}
     (Path(out) / "pretrain_report.json").write_text(json.dumps(report, indent=2))
     return report
 

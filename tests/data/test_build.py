@@ -161,15 +161,21 @@ def _interrupt(monkeypatch, target, name, after, leave_partial=None):
     monkeypatch.setattr(target, name, flaky)
 
 
+def _killed_then_resumed(monkeypatch, config, out, ref_out, finished: str, left: int):
+    """Build until the `_interrupt`ed step kills it, leaving `left` files matching `finished`; then
+    build again unpatched: the result must be the uninterrupted build's, byte for byte."""
+    with pytest.raises(KeyboardInterrupt):
+        build_mixture(config, out)
+    assert len(list(out.glob(finished))) == left
+    monkeypatch.undo()
+    build_mixture(config, out)
+    assert tree_digest(out) == tree_digest(ref_out)
+
+
 def test_resume_after_interrupted_staging_is_identical(reference, monkeypatch, tmp_path):
     config, ref_out, _ = reference
     _interrupt(monkeypatch, build._Stager, "_chunk", after=12)
-    with pytest.raises(KeyboardInterrupt):
-        build_mixture(config, tmp_path / "out")
-    assert len(list((tmp_path / "out" / "work").glob("*/chunk-*.json"))) == 11
-    monkeypatch.undo()
-    build_mixture(config, tmp_path / "out")
-    assert tree_digest(tmp_path / "out") == tree_digest(ref_out)
+    _killed_then_resumed(monkeypatch, config, tmp_path / "out", ref_out, "work/*/chunk-*.json", left=11)
 
 
 def test_resume_after_interrupted_sharding_is_identical(reference, monkeypatch, tmp_path):
@@ -179,12 +185,7 @@ def test_resume_after_interrupted_sharding_is_identical(reference, monkeypatch, 
         path.with_name(path.name + ".tmp").write_bytes(b"half a tar")
 
     _interrupt(monkeypatch, build, "_write_shard", after=3, leave_partial=partial)
-    with pytest.raises(KeyboardInterrupt):
-        build_mixture(config, tmp_path / "out")
-    assert len(list((tmp_path / "out" / "shards").glob("*.tar"))) == 2
-    monkeypatch.undo()
-    build_mixture(config, tmp_path / "out")
-    assert tree_digest(tmp_path / "out") == tree_digest(ref_out)
+    _killed_then_resumed(monkeypatch, config, tmp_path / "out", ref_out, "shards/*.tar", left=2)
 
 
 def test_resume_after_sigkill_is_identical(reference, tmp_path):

@@ -14,8 +14,8 @@ import random
 import string
 
 from ..records import Reject
-from ..templates import ADVANCED_KNOWLEDGE, IMAGE_TOKEN, text_answer
-from .base import Bad, Draft, gpt, human, image_under
+from ..templates import ADVANCED_KNOWLEDGE
+from .base import Bad, Draft, image_question, image_under
 
 TASK = "understanding"
 NEEDS_IMAGES = True
@@ -70,7 +70,5 @@ def draft(item, src, rng: random.Random) -> Draft:
         raise Reject("empty_question")
     letters = string.ascii_uppercase
     choices = "\n".join(f"{letters[i]}. {str(option).strip()}" for i, option in enumerate(options))
-    prompt = ADVANCED_KNOWLEDGE.format(question=f"{question}\n{choices}")
-    return Draft(origin=str(item.get("questionId", item["image"])),
-                 conversations=[human(f"{IMAGE_TOKEN}\n{prompt}"), gpt(text_answer(letters[correct]))],
-                 image=image_under(src.images, item["image"]))
+    return image_question(str(item.get("questionId", item["image"])), image_under(src.images, item["image"]),
+                          f"{question}\n{choices}", letters[correct], ADVANCED_KNOWLEDGE)

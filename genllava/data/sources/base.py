@@ -6,7 +6,8 @@ A reader is a module with:
 - `NEEDS_IMAGES`: whether the config must give an `images` folder;
 - `files(src) -> list[Path]`: the annotation files, hashed into the manifest's source checksum;
 - `candidates(src) -> list`: every candidate record, cheaply (no image is opened), in storage order;
-  an unreadable line becomes `Bad("bad_json")` so it is counted, not fatal;
+  an unreadable line becomes `Bad("bad_json")` so it is counted, not fatal (a reader whose `path`
+  names its JSON / JSON-lines files directly takes both from `json_files` and `json_candidates`);
 - `draft(item, src, rng) -> Draft`: one candidate in the project's conversation format (task tokens
   and Figure A1 templates applied), or `raise Reject(reason)`;
 - optionally `dedup_key(item)`, which enables the `dedup_against` and `dedup_within` options.
@@ -22,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..records import MISSING, Reject
+from ..templates import IMAGE_TOKEN, text_answer
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,31 @@ def text_field(item, key: str, reason: str = "bad_record") -> str:
     return value
 
 
+def conversations_of(item) -> list:
+    """The `conversations` list of a LLaVA-format row (`{"id", "image"?, "conversations"}`)."""
+    if not isinstance(item, dict) or not isinstance(item.get("conversations"), list):
+        raise Reject("bad_record")
+    return item["conversations"]
+
+
+def image_question(origin: str, image, question: str, answer: str, template: str) -> Draft:
+    """One question about one image answered in text: the Figure A1 `template` ("{question}" in a
+    short-answer, long-answer or multiple-choice form) after `<image>`, the answer behind `[I2T]`."""
+    return Draft(origin=origin,
+                 conversations=[human(f"{IMAGE_TOKEN}\n" + template.format(question=question)),
+                                gpt(text_answer(answer))],
+                 image=image)
+
+
+def question_row(item, src, origin_key: str, answer_of, template: str) -> Draft:
+    """`image_question` from a row `{"question", "image": path under src.images, origin_key, ...}`
+    whose answer `answer_of(item)` reads (or rejects); checked question, answer, then image."""
+    question = text_field(item, "question", "empty_question")
+    answer = answer_of(item)
+    return image_question(str(item.get(origin_key, "")), image_under(src.images, item.get("image")), question, answer,
+                          template)
+
+
 def image_under(root: Path, relative) -> Path:
     """`root/relative`, refusing names that would leave the image folder."""
     if not isinstance(relative, str) or not relative.strip():
@@ -99,6 +126,16 @@ def load_json_records(path: Path, list_keys: tuple[str, ...] = ("data", "annotat
     if not isinstance(data, list):
         raise ValueError(f"{path} holds no list of records (expected a JSON list or {list_keys})")
     return data
+
+
+def json_files(src) -> list[Path]:
+    """`files` of a reader whose `path` names its JSON / JSON-lines annotation file(s) directly."""
+    return list(src.paths)
+
+
+def json_candidates(src) -> list:
+    """`candidates` of such a reader: the rows of every file, in order (see `load_json_records`)."""
+    return [item for path in json_files(src) for item in load_json_records(path)]
 
 
 def import_pyarrow():

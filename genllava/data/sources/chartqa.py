@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 
-from ..templates import IMAGE_TOKEN, SHORT_VQA, text_answer
-from .base import Draft, gpt, human, image_under, load_json_records, text_field
+from ..templates import SHORT_VQA
+from .base import Draft, image_question, image_under, load_json_records, text_field
 
 TASK = "understanding"
 NEEDS_IMAGES = True
@@ -31,7 +31,4 @@ def draft(item, src, rng: random.Random) -> Draft:
     question = text_field(item, "query", "empty_question")
     answer = text_field(item, "label", "empty_answer")
     name = text_field(item, "imgname")
-    return Draft(origin=name,
-                 conversations=[human(f"{IMAGE_TOKEN}\n" + SHORT_VQA.format(question=question)),
-                                gpt(text_answer(answer))],
-                 image=image_under(src.images, name))
+    return image_question(name, image_under(src.images, name), question, answer, SHORT_VQA)

@@ -11,29 +11,21 @@ from __future__ import annotations
 import random
 
 from ..records import Reject
-from ..templates import IMAGE_TOKEN, SHORT_VQA, text_answer
-from .base import Draft, gpt, human, image_under, load_json_records, text_field
+from ..templates import SHORT_VQA
+from .base import Draft, json_candidates, json_files, question_row, text_field
 
 TASK = "understanding"
 NEEDS_IMAGES = True
 OPTIONS = {}
+files, candidates = json_files, json_candidates  # `path` names the JSON file(s)
 
 
-def files(src):
-    return list(src.paths)
-
-
-def candidates(src) -> list:
-    return [item for path in src.paths for item in load_json_records(path)]
-
-
-def draft(item, src, rng: random.Random) -> Draft:
-    question = text_field(item, "question", "empty_question")
+def _first_answer(item) -> str:
     answers = item.get("answers")
     if not isinstance(answers, list) or not answers:
         raise Reject("empty_answer")
-    answer = text_field({"answer": answers[0]}, "answer", "empty_answer")
-    return Draft(origin=str(item.get("questionId", "")),
-                 conversations=[human(f"{IMAGE_TOKEN}\n" + SHORT_VQA.format(question=question)),
-                                gpt(text_answer(answer))],
-                 image=image_under(src.images, item.get("image")))
+    return text_field({"answer": answers[0]}, "answer", "empty_answer")
+
+
+def draft(item, src, rng: random.Random) -> Draft:
+    return question_row(item, src, "questionId", _first_answer, SHORT_VQA)

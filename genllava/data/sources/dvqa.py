@@ -9,26 +9,14 @@ from __future__ import annotations
 
 import random
 
-from ..templates import IMAGE_TOKEN, SHORT_VQA, text_answer
-from .base import Draft, gpt, human, image_under, load_json_records, text_field
+from ..templates import SHORT_VQA
+from .base import Draft, json_candidates, json_files, question_row, text_field
 
 TASK = "understanding"
 NEEDS_IMAGES = True
 OPTIONS = {}
-
-
-def files(src):
-    return list(src.paths)
-
-
-def candidates(src) -> list:
-    return [item for path in src.paths for item in load_json_records(path)]
+files, candidates = json_files, json_candidates  # `path` names the JSON file(s)
 
 
 def draft(item, src, rng: random.Random) -> Draft:
-    question = text_field(item, "question", "empty_question")
-    answer = text_field(item, "answer", "empty_answer")
-    return Draft(origin=str(item.get("question_id", "")),
-                 conversations=[human(f"{IMAGE_TOKEN}\n" + SHORT_VQA.format(question=question)),
-                                gpt(text_answer(answer))],
-                 image=image_under(src.images, item.get("image")))
+    return question_row(item, src, "question_id", lambda row: text_field(row, "answer", "empty_answer"), SHORT_VQA)

@@ -16,8 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..records import MISSING
-from ..templates import IMAGE_TOKEN, LONG_VQA, text_answer
-from .base import Draft, gpt, human, image_under, import_pyarrow, load_json_records, text_field
+from ..templates import LONG_VQA
+from .base import Draft, image_question, image_under, import_pyarrow, load_json_records, text_field
 
 TASK = "understanding"
 NEEDS_IMAGES = True
@@ -56,7 +56,5 @@ def draft(item, src, rng: random.Random) -> Draft:
     else:
         name = _by_stem(str(src.images)).get(hashlib.sha1(text_field(item, "link").encode()).hexdigest())
         image = src.images / name if name else MISSING
-    question = LONG_VQA.format(question=rng.choice(REQUESTS))
-    return Draft(origin=str(item.get("link", item.get("image", ""))),
-                 conversations=[human(f"{IMAGE_TOKEN}\n{question}"), gpt(text_answer(caption))],
-                 image=image)
+    return image_question(str(item.get("link", item.get("image", ""))), image, rng.choice(REQUESTS), caption,
+                          LONG_VQA)

@@ -16,32 +16,24 @@ from pathlib import PurePosixPath
 
 from ..records import Reject
 from ..templates import IMAGE_TOKEN, text_answer
-from .base import Draft, gpt, human, image_under, load_json_records, one_line
+from .base import Draft, conversations_of, gpt, human, image_under, json_candidates, json_files, one_line
 
 TASK = "understanding"
 NEEDS_IMAGES = True
 OPTIONS = {"dedup_against": None, "dedup_within": False}
 ROLE = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
-
-
-def files(src):
-    return list(src.paths)
-
-
-def candidates(src) -> list:
-    return [item for path in src.paths for item in load_json_records(path)]
+files, candidates = json_files, json_candidates  # `path` names the JSON file(s)
 
 
 def draft(item, src, rng: random.Random) -> Draft:
-    if not isinstance(item, dict) or not isinstance(item.get("conversations"), list):
-        raise Reject("bad_record")
+    turns = conversations_of(item)
     image = item.get("image")
     if isinstance(image, list):  # LLaVA-OneVision style lists: one image is all this mixture takes
         if len(image) != 1:
             raise Reject("multiple_images")
         image = image[0]
     conversations = []
-    for turn in item["conversations"]:
+    for turn in turns:
         if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or turn.get("from") not in ROLE:
             raise Reject("bad_record")
         value = turn["value"].strip()

@@ -12,25 +12,17 @@ import random
 
 from ..records import Reject
 from ..templates import generation_prompt, image_answer
-from .base import Draft, gpt, human, image_under, load_json_records, one_line, text_field
+from .base import (Draft, conversations_of, gpt, human, image_under, json_candidates, json_files, one_line,
+                   text_field)
 
 TASK = "generation"
 NEEDS_IMAGES = True
 OPTIONS = {}
-
-
-def files(src):
-    return list(src.paths)
-
-
-def candidates(src) -> list:
-    return [item for path in src.paths for item in load_json_records(path)]
+files, candidates = json_files, json_candidates  # `path` names the JSON file(s)
 
 
 def draft(item, src, rng: random.Random) -> Draft:
-    if not isinstance(item, dict) or not isinstance(item.get("conversations"), list):
-        raise Reject("bad_record")
-    answers = [turn for turn in item["conversations"] if isinstance(turn, dict) and turn.get("from") == "gpt"]
+    answers = [turn for turn in conversations_of(item) if isinstance(turn, dict) and turn.get("from") == "gpt"]
     if len(answers) != 1:
         raise Reject("not_alternating")
     # The template ends the sentence itself, so drop the caption's own full stop.

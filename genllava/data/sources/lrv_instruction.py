@@ -13,20 +13,13 @@ from __future__ import annotations
 import random
 from pathlib import PurePosixPath
 
-from ..templates import IMAGE_TOKEN, LONG_VQA, text_answer
-from .base import Draft, gpt, human, image_under, load_json_records, text_field
+from ..templates import LONG_VQA
+from .base import Draft, image_question, image_under, json_candidates, json_files, text_field
 
 TASK = "understanding"
 NEEDS_IMAGES = True
 OPTIONS = {}
-
-
-def files(src):
-    return list(src.paths)
-
-
-def candidates(src) -> list:
-    return [item for path in src.paths for item in load_json_records(path)]
+files, candidates = json_files, json_candidates  # `path` names the JSON file(s)
 
 
 def draft(item, src, rng: random.Random) -> Draft:
@@ -34,7 +27,4 @@ def draft(item, src, rng: random.Random) -> Draft:
     name = image_id if PurePosixPath(image_id).suffix else f"{image_id}.jpg"
     question = text_field(item, "question", "empty_question")
     answer = text_field(item, "answer", "empty_answer")
-    return Draft(origin=image_id,
-                 conversations=[human(f"{IMAGE_TOKEN}\n" + LONG_VQA.format(question=question)),
-                                gpt(text_answer(answer))],
-                 image=image_under(src.images, name))
+    return image_question(image_id, image_under(src.images, name), question, answer, LONG_VQA)

@@ -12,8 +12,8 @@ import json
 import random
 
 from ..records import Reject
-from ..templates import IMAGE_TOKEN, LONG_VQA, text_answer
-from .base import Draft, gpt, human, parquet_candidates, parquet_files, parquet_image, parquet_row
+from ..templates import LONG_VQA
+from .base import Draft, image_question, parquet_candidates, parquet_files, parquet_image, parquet_row
 
 TASK = "understanding"
 NEEDS_IMAGES = False  # images are inside the Parquet rows
@@ -46,7 +46,5 @@ def draft(item, src, rng: random.Random) -> Draft:
         raise Reject("bad_record")
     if not text.strip():
         raise Reject("empty_answer")
-    question = LONG_VQA.format(question=rng.choice(REQUESTS))
-    return Draft(origin=f"{item[0].rsplit('/', 1)[-1]}:{item[1]}:{item[2]}",
-                 conversations=[human(f"{IMAGE_TOKEN}\n{question}"), gpt(text_answer(text.strip()))],
-                 image=parquet_image(row.get("image")))
+    return image_question(f"{item[0].rsplit('/', 1)[-1]}:{item[1]}:{item[2]}", parquet_image(row.get("image")),
+                          rng.choice(REQUESTS), text.strip(), LONG_VQA)
