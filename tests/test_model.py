@@ -149,7 +149,7 @@ def _conversations():
 def _inference_sequence(proc, conversation):
     """What generate() hands to _draw: the prompt with the task, the generated text, then the block."""
     *history, answer = conversation
-    return (proc.encode_prompt(history, task=answer.task) + proc._text(answer.text)
+    return (proc.encode_prompt(history, task=answer.task) + proc._content(answer.text)
             + [proc.soi_id, *proc.img_token_ids, proc.eoi_id])
 
 

@@ -72,7 +72,7 @@ def test_labels_only_on_assistant_answers(tiny_processor):
     spans = labelled_spans(labels)
     assert len(spans) == 2
     first, second = ([ids[i] for i in range(a, b)] for a, b in spans)
-    assert first == [proc.task_ids[templates.I2T], *proc._text("red"), proc.eos_id]
+    assert first == [proc.task_ids[templates.I2T], *proc._content("red"), proc.eos_id]
     assert second == [proc.task_ids[templates.T2I], proc.soi_id, *proc.img_token_ids, proc.eoi_id, proc.eos_id]
     for a, b in spans:  # where there is a label it is the input id itself (the LM shifts)
         assert labels[a:b] == ids[a:b]
@@ -84,7 +84,7 @@ def test_labels_only_on_assistant_answers(tiny_processor):
     assert proc.decode([ids[i] for i in range(*spans[0])]) == "red"
     # nothing else is labelled: system prompt, user turns, prefixes, newlines
     assert sum(label != IGNORE for label in labels) == len(first) + len(second)
-    user_text = proc._text("What color is the circle?")
+    user_text = proc._content("What color is the circle?")
     at = next(i for i in range(len(ids)) if ids[i:i + len(user_text)] == user_text)
     assert all(label == IGNORE for label in labels[:at + len(user_text)])
 
@@ -99,7 +99,7 @@ def test_image_placeholder_expands_before_user_text(tiny_processor):
     head = [proc.bos_id] + proc._system + proc._user
     assert slots[0] == len(head) and ids[:len(head)] == head  # right after "USER: "
     after = slots[-1] + 1
-    text = proc._newline + proc._text("What color is the circle?")
+    text = proc._newline + proc._content("What color is the circle?")
     assert ids[after:after + len(text)] == text  # then the user's text
     # with an image the processor makes pixel values of the tower's size
     pixels = proc.pixel_values([render(RED, 64)])

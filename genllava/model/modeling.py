@@ -133,13 +133,28 @@ class GenLlava(nn.Module):
         n = self.config.num_img_tokens
         return (embeds[mask] + hidden[mask]).view(-1, n, embeds.shape[-1])
 
+    def lm_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy on the labelled (assistant) tokens.
+
+        "sample" reduction averages within each conversation first, so a one-word answer weighs as
+        much as an image answer's 19 deterministic tokens; "token" is the usual flat average, under
+        which image-heavy batches drown the understanding answers.
+        """
+        target = labels[:, 1:]
+        per_token = nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, ignore_index=-100,
+                                                reduction="none")
+        counted = (target != -100).sum(1)
+        if self.config.lm_loss_reduction == "token":
+            return per_token.sum() / counted.sum().clamp(min=1)
+        has_labels = counted > 0
+        return (per_token.sum(1)[has_labels] / counted[has_labels]).mean()
+
     def forward(self, input_ids, attention_mask, labels, pixel_values=None, target_pixels=None,
                 target_captions: list[str] | None = None, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         embeds = self.embed(input_ids, pixel_values)
-        out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
-                                  output_hidden_states=True)
-        losses = {"lm_loss": out.loss}
-        total = out.loss
+        out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True)
+        losses = {"lm_loss": self.lm_loss(out.logits, labels)}
+        total = losses["lm_loss"]
         if target_pixels is not None and target_pixels.shape[0] > 0:
             conditioning = self.generation_head(self.img_states(input_ids, embeds, out.hidden_states[-1]))
             with torch.no_grad():
