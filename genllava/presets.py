@@ -23,8 +23,8 @@ def shapes() -> tuple[GenLlavaConfig, TrainConfig]:
         # GILL-style auxiliary target: the decoder's own embedding of the target caption. It makes
         # the head usable within a laptop-sized budget; the diffusion loss still trains it end to end.
         align_loss_weight=1.0, guidance_scale=3.0, inference_steps=20)
-    train = TrainConfig(learning_rate=1e-3, weight_decay=0.01, max_grad_norm=1.0, warmup_ratio=0.03,
-                        global_batch_size=32, micro_batch_size=32, max_steps=700, seed=0)
+    train = TrainConfig(learning_rate=3e-4, new_modules_learning_rate=2e-3, weight_decay=0.01, max_grad_norm=1.0,
+                        warmup_ratio=0.03, global_batch_size=32, micro_batch_size=32, max_steps=700, seed=0)
     return model, train
 
 

@@ -17,6 +17,7 @@ from genllava.data.conversation import ASSISTANT, Message, user
 from genllava.model.modeling import GenLlava, Reply
 from genllava.shapes.tasks import make_eval_records
 from genllava.shapes.world import Scene, Shape, render
+from genllava.train.config import TrainConfig
 from genllava.train.trainer import parameter_groups
 
 T2I, I2T = templates.T2I, templates.I2T
@@ -117,15 +118,20 @@ def test_text_only_batch_has_no_diffusion_loss(tiny_model):
 
 
 def test_optimizer_groups_hold_exactly_the_trainable_parts(tiny_model):
-    groups = parameter_groups(tiny_model, weight_decay=0.1)
+    groups = parameter_groups(tiny_model, TrainConfig(weight_decay=0.1, learning_rate=1e-4, new_modules_learning_rate=1e-3))
     in_optimizer = {id(p) for g in groups for p in g["params"]}
     expected = {id(p) for part in (tiny_model.projector, tiny_model.language_model, tiny_model.generation_head)
                 for p in part.parameters()}
     assert in_optimizer == expected
     frozen = {id(p) for part in (tiny_model.decoder, tiny_model.vision) for p in part.parameters()}
     assert not in_optimizer & frozen
-    assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
-    assert all(p.ndim < 2 for p in groups[1]["params"]) and all(p.ndim >= 2 for p in groups[0]["params"])
+    decayed = {id(p) for g in groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    assert all(p.ndim >= 2 for g in groups if g["weight_decay"] == 0.1 for p in g["params"])
+    assert all(p.ndim < 2 for g in groups if g["weight_decay"] == 0.0 for p in g["params"])
+    assert decayed and decayed != in_optimizer
+    lm = {id(p) for p in tiny_model.language_model.parameters()}
+    for g in groups:  # the LM at learning_rate; the modules trained from scratch at their own rate
+        assert g["lr"] == (1e-4 if {id(p) for p in g["params"]} <= lm else 1e-3)
 
 
 def test_model_train_keeps_the_frozen_decoder_in_eval_mode(tiny_model):

@@ -132,7 +132,9 @@ def pretrain_decoder(out: str | Path, tokenizer: PreTrainedTokenizerBase, *, vae
 
 def save_decoder(decoder: DiffusionDecoder, out: str | Path) -> None:
     out = Path(out)
-    decoder.unet.save_pretrained(out / "unet")
+    # Stored in half precision to keep the shipped files small; diffusers loads them as float32.
+    decoder.unet.to(torch.float16).save_pretrained(out / "unet")
+    decoder.unet.to(torch.float32)
     decoder.vae.save_pretrained(out / "vae")
     decoder.scheduler.save_pretrained(out / "scheduler")
     decoder.text_encoder.save_pretrained(out / "text_encoder")

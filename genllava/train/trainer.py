@@ -31,11 +31,17 @@ def mixed_precision(setting: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def parameter_groups(model: GenLlava, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases, norms and other 1-D parameters."""
-    params = [p for group in model.trainable_parameters().values() for p in group if p.requires_grad]
-    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+def parameter_groups(model: GenLlava, config: TrainConfig) -> list[dict]:
+    """AdamW groups: no weight decay on biases, norms and other 1-D parameters; the modules that
+    start from scratch (projector, generation head) may take their own learning rate."""
+    groups = []
+    for name, params in model.trainable_parameters().items():
+        params = [p for p in params if p.requires_grad]
+        fresh = name != "language_model" and config.new_modules_learning_rate is not None
+        lr = config.new_modules_learning_rate if fresh else config.learning_rate
+        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay, "lr": lr},
+                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
+    return [g for g in groups if g["params"]]
 
 
 def describe_trainable(model: GenLlava) -> list[str]:
@@ -62,7 +68,7 @@ def train(model: GenLlava, examples: list[Example] | StreamedExamples, config: T
     log(f"batch: {micro} per device x {accumulation} accumulation x {accelerator.num_processes} devices; "
         f"precision: {accelerator.mixed_precision}")
     model.train()
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.learning_rate)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.learning_rate)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * config.max_steps),
                                                 config.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
