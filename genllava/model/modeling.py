@@ -112,7 +112,7 @@ class GenLlava(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.projector[0].weight.device
+        return self.language_model.device
 
     # ---- forward ------------------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
