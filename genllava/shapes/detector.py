@@ -75,4 +75,5 @@ def detect(image: Image.Image) -> Scene:
 
 def matches(image: Image.Image, expected: Scene) -> bool:
     """True when the detector reads exactly the expected scene (every shape, every attribute)."""
-    return set(detect(image).shapes) == set(expected.shapes) and len(detect(image).shapes) == len(expected.shapes)
+    found = detect(image).shapes
+    return set(found) == set(expected.shapes) and len(found) == len(expected.shapes)

@@ -16,14 +16,20 @@ class InMemoryExamples:
         if not examples:
             raise ValueError("no training examples left after filtering; see the skip report")
         self.examples, self.seed = examples, seed
+        self._epoch, self._order = None, []
+
+    def _order_of(self, epoch: int) -> list[int]:
+        if epoch != self._epoch:  # one shuffle per epoch, not per example
+            self._order = list(range(len(self.examples)))
+            random.Random(self.seed * 100_003 + epoch).shuffle(self._order)
+            self._epoch = epoch
+        return self._order
 
     def take(self, position: int, count: int) -> list[Example]:
         out = []
         for p in range(position, position + count):
             epoch, offset = divmod(p, len(self.examples))
-            order = list(range(len(self.examples)))
-            random.Random(self.seed * 100_003 + epoch).shuffle(order)
-            out.append(self.examples[order[offset]])
+            out.append(self.examples[self._order_of(epoch)[offset]])
         return out
 
 
