@@ -197,6 +197,22 @@ def test_understanding_answers_are_true_of_the_image():
     assert checked == 120
 
 
+def test_training_understanding_asks_several_questions_about_one_image():
+    records = make_records(200, seed=6, mix={"understanding": 1.0})
+    turns = [len(r["conversations"]) // 2 for r in records]
+    assert max(turns) == 3 and min(turns) == 1
+    for record in records:
+        humans, gpts = record["conversations"][0::2], record["conversations"][1::2]
+        assert humans[0]["value"].startswith(templates.IMAGE_TOKEN)
+        assert all(templates.IMAGE_TOKEN not in h["value"] for h in humans[1:])  # one image per conversation
+        if humans[0]["value"].endswith("Describe the image."):
+            continue
+        for i, (human, gpt, answer) in enumerate(zip(humans, gpts, record["meta"]["answers"])):
+            question = human["value"].split("\n")[1] if i == 0 else human["value"]
+            assert _answer_from_image(question, record["image"]) == answer, question
+            assert gpt["value"] == templates.I2T + answer
+
+
 def test_caption_answers_describe_the_image():
     rng = random.Random(9)
     for i in range(40):

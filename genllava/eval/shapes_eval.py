@@ -22,6 +22,11 @@ def normalise(text: str) -> str:
     return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
 
 
+# Every answer in the shapes world is shorter; the bound keeps an untrained model's babble from
+# growing a three-turn history past the model's length limit.
+MAX_ANSWER_TOKENS = 32
+
+
 def _batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -36,7 +41,8 @@ def run_single_turn(model: GenLlava, records: list[dict], batch_size: int, seed:
     replies = []
     for chunk in _batches(records, batch_size):
         conversations = [[parse_turn(r["conversations"][0])] for r in chunk]
-        replies += model.generate(conversations, [r.get("image") for r in chunk], seed=seed)
+        replies += model.generate(conversations, [r.get("image") for r in chunk], seed=seed,
+                                  max_new_tokens=MAX_ANSWER_TOKENS)
     return replies
 
 
@@ -58,7 +64,7 @@ def run_multiturn(model: GenLlava, records: list[dict], batch_size: int, seed: i
         for turn in range(3):
             for history, u in zip(histories, users):
                 history.append(u[turn])
-            replies = model.generate(histories, [None] * len(chunk), seed=seed + turn)
+            replies = model.generate(histories, [None] * len(chunk), seed=seed + turn, max_new_tokens=MAX_ANSWER_TOKENS)
             replies_per_turn.append(replies)
             for history, reply in zip(histories, replies):
                 history.append(_as_history_message(reply))

@@ -55,15 +55,19 @@ def scene_question(scene: Scene, rng: random.Random) -> tuple[str, str]:
     return f"Is there a {probe.color} {probe.shape}?", "yes" if present else "no"
 
 
-def understanding(rng: random.Random, rid: str, long_answers: float = 0.15) -> dict:
+def understanding(rng: random.Random, rid: str, long_answers: float = 0.15, max_questions: int = 3) -> dict:
+    """Questions about one image: a description, or 1..max_questions short questions in turns
+    (as LLaVA-1.5 packs several VQA questions about an image into one conversation)."""
     scene = random_scene(rng)
     if rng.random() < long_answers:  # long answer: a caption
-        question, answer = LONG_VQA.format(question="Describe the image."), scene.caption() + "."
+        pairs = [(LONG_VQA.format(question="Describe the image."), scene.caption() + ".")]
     else:
-        question, answer = scene_question(scene, rng)
-        question = SHORT_VQA.format(question=question)
-    return _record(rid, "understanding", [_human(f"{IMAGE_TOKEN}\n{question}"), _gpt(text_answer(answer))],
-                   image=render(scene), answers=[answer])
+        pairs = [scene_question(scene, rng) for _ in range(rng.randint(1, max_questions))]
+        pairs = [(SHORT_VQA.format(question=q) if i == 0 else q, a) for i, (q, a) in enumerate(pairs)]
+    conversations = []
+    for i, (question, answer) in enumerate(pairs):
+        conversations += [_human(f"{IMAGE_TOKEN}\n{question}" if i == 0 else question), _gpt(text_answer(answer))]
+    return _record(rid, "understanding", conversations, image=render(scene), answers=[a for _, a in pairs])
 
 
 def text_task(rng: random.Random) -> tuple[str, str]:
@@ -167,6 +171,7 @@ def make_eval_records(task: str, count: int, seed: int, heldout: bool = False) -
     rng = random.Random(seed)
     if task == "generation":
         return [generation(rng, f"generation-eval-{seed}-{i}", heldout=heldout) for i in range(count)]
-    if task == "understanding":  # short answers only: exact match is the judge
-        return [understanding(rng, f"understanding-eval-{seed}-{i}", long_answers=0.0) for i in range(count)]
+    if task == "understanding":  # one short answer each: exact match is the judge
+        return [understanding(rng, f"understanding-eval-{seed}-{i}", long_answers=0.0, max_questions=1)
+                for i in range(count)]
     return [GENERATORS[task](rng, f"{task}-eval-{seed}-{i}") for i in range(count)]
