@@ -82,11 +82,14 @@ class DiffusionDecoder(nn.Module):
         return self.text_encoder(tokens.input_ids.to(device)).last_hidden_state
 
     # ---- training objective ------------------------------------------------------------------
-    def loss(self, latents: torch.Tensor, conditioning: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per-sample diffusion loss; its target follows the scheduler's prediction_type."""
+    def loss(self, latents: torch.Tensor, conditioning: torch.Tensor, generator: torch.Generator | None = None,
+             timesteps: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample diffusion loss; its target follows the scheduler's prediction_type. Timesteps
+        are uniform unless the caller gives them."""
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         steps = self.noise_scheduler.config.num_train_timesteps
-        t = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=latents.device)
+        t = timesteps if timesteps is not None else torch.randint(
+            0, steps, (latents.shape[0],), generator=generator, device=latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         if self.prediction_type == "epsilon":
             target = noise

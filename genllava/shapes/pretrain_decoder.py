@@ -31,11 +31,12 @@ def tiny_vae(image_size: int = IMAGE_SIZE) -> AutoencoderKL:
 
 
 def tiny_unet(latent_size: int, cross_attention_dim: int = 64) -> UNet2DConditionModel:
-    # No attention at the highest resolution: on a CPU it costs several times the rest.
+    # No attention at the highest resolution: on a CPU it costs several times the rest. The
+    # 2x2 bottom level is where "top left" becomes a place: each cell sees the border differently.
     return UNet2DConditionModel(sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(64, 128, 128),
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                                block_out_channels=(64, 128, 128, 128),
+                                down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3,
+                                up_block_types=("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",),
                                 cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=16)
 
 
@@ -48,9 +49,25 @@ def tiny_text_encoder(tokenizer: PreTrainedTokenizerBase, width: int = 64) -> CL
 
 
 def world_scheduler() -> DPMSolverMultistepScheduler:
-    # SD v1's noise schedule; a tiny decoder learns clean-sample prediction far faster than epsilon.
+    # SD v1's noise schedule, rescaled to zero terminal SNR and sampled from the last timestep
+    # ("trailing"): sampling starts from pure noise, as training's last step does, so the layout
+    # must come from the text. A tiny decoder learns clean-sample prediction far faster than epsilon.
     return DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                       beta_schedule="scaled_linear", prediction_type="sample")
+                                       beta_schedule="scaled_linear", prediction_type="sample",
+                                       rescale_betas_zero_snr=True, timestep_spacing="trailing")
+
+
+def training_timesteps(batch: int, generator: torch.Generator, high_noise_share: float = 0.5,
+                       high_noise_from: int = 900, total: int = 1000) -> torch.Tensor:
+    """Uniform timesteps, except that `high_noise_share` of them come from the noisiest tenth.
+
+    Where shapes go is decided there: at any lower noise a 16x16 latent still shows where the
+    shape is, so under uniform sampling the UNet learns to read the position from the noise and
+    never from the caption (position accuracy stayed at chance after 3,300 steps).
+    """
+    uniform = torch.randint(0, total, (batch,), generator=generator)
+    high = torch.randint(high_noise_from, total, (batch,), generator=generator)
+    return torch.where(torch.rand(batch, generator=generator) < high_noise_share, high, uniform)
 
 
 def _images(decoder: DiffusionDecoder, scenes: list[Scene]) -> torch.Tensor:
@@ -114,7 +131,8 @@ def pretrain_decoder(out: str | Path, tokenizer: PreTrainedTokenizerBase, *, vae
         captions = ["" if rng.random() < 0.1 else s.caption() for s in scenes]
         with torch.no_grad():
             latents = decoder.encode_images(_images(decoder, scenes))
-        loss = decoder.loss(latents, decoder.encode_prompt(captions), generator).mean()
+        timesteps = training_timesteps(batch, generator)
+        loss = decoder.loss(latents, decoder.encode_prompt(captions), generator, timesteps).mean()
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
