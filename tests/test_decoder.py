@@ -145,3 +145,16 @@ def test_guidance_uses_the_negative(decoder):
     a = decoder.sample(conditioning, negative, generator=torch.Generator().manual_seed(0), **kwargs)
     b = decoder.sample(conditioning, torch.zeros_like(negative), generator=torch.Generator().manual_seed(0), **kwargs)
     assert png(a[0]) != png(b[0])
+
+
+def test_training_timesteps_draw_the_requested_share_from_the_noisiest_tenth(decoder):
+    total = decoder.noise_scheduler.config.num_train_timesteps
+    uniform = decoder.training_timesteps(4000, torch.Generator().manual_seed(0), "cpu")
+    assert uniform.min() >= 0 and uniform.max() < total
+    assert abs((uniform >= total * 0.9).float().mean().item() - 0.1) < 0.02
+    mixed = decoder.training_timesteps(4000, torch.Generator().manual_seed(0), "cpu", high_noise_share=0.5)
+    assert abs((mixed >= total * 0.9).float().mean().item() - 0.55) < 0.03
+    only_high = decoder.training_timesteps(100, torch.Generator().manual_seed(1), "cpu", high_noise_share=1.0)
+    assert only_high.min() >= total * 0.9
+    again = decoder.training_timesteps(4000, torch.Generator().manual_seed(0), "cpu", high_noise_share=0.5)
+    assert torch.equal(mixed, again)

@@ -34,6 +34,7 @@ class GenLlavaConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     max_length: int = 2048  # longest token sequence the model is trained or prompted with
     diffusion_loss_weight: float = 1.0  # lambda in  loss = LM + lambda * diffusion
+    diffusion_high_noise_share: float = 0.0  # share of diffusion timesteps from the noisiest tenth (0: uniform)
     lm_loss_reduction: str = "sample"  # "sample": mean per conversation, then over the batch; or "token"
     align_loss_weight: float = 0.0  # optional MSE to the decoder's own caption embedding (GILL-style)
     guidance_scale: float = 7.5

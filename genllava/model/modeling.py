@@ -159,7 +159,8 @@ class GenLlava(nn.Module):
             conditioning = self.generation_head(self.img_states(input_ids, embeds, out.hidden_states[-1]))
             with torch.no_grad():
                 latents = self.decoder.encode_images(target_pixels)
-            losses["diffusion_loss"] = self.decoder.loss(latents, conditioning, generator).mean()
+            losses["diffusion_loss"] = self.decoder.loss(latents, conditioning, generator,
+                                                         self.config.diffusion_high_noise_share).mean()
             total = total + self.config.diffusion_loss_weight * losses["diffusion_loss"]
             if self.config.align_loss_weight > 0 and target_captions:
                 with torch.no_grad():
