@@ -22,7 +22,6 @@ class HeadConfig:
     encoder_layers: int = 4
     decoder_layers: int = 4
     num_queries: int = 77  # L learnable queries -> L conditioning vectors for the UNet
-    standardize_input: bool = False  # running per-(position, feature) standardisation of the [IMG] states
 
 
 @dataclass
