@@ -354,3 +354,19 @@ def test_saved_tokenizer_has_a_chat_template(saved_tiny_model):
 
     tokenizer = AutoTokenizer.from_pretrained(saved_tiny_model)
     assert tokenizer.chat_template
+
+
+def test_head_standardiser_learns_statistics_in_training_only():
+    from genllava.model.generation_head import RunningStandardize
+
+    norm = RunningStandardize((3, 4))
+    shared = torch.randn(3, 4) * 50  # a large part every input shares, as the [IMG] states have
+    batch = shared + torch.randn(64, 3, 4)
+    out = norm(batch)  # training mode: first batch sets the statistics
+    assert out.mean(0).abs().max() < 1e-4 and (out.std(0, unbiased=False) - 1).abs().max() < 1e-3
+    assert norm(batch[:1]).shape == (1, 3, 4) and int(norm.updates) == 1  # one sample: no update
+    norm.eval()
+    before = norm.mean.clone()
+    norm(shared + torch.randn(8, 3, 4) + 100)
+    assert torch.equal(norm.mean, before)  # inference never moves the statistics
+    assert batch.mean(0).abs().max() > 1  # without it the shared part dominates
