@@ -370,3 +370,27 @@ def test_head_standardiser_learns_statistics_in_training_only():
     norm(shared + torch.randn(8, 3, 4) + 100)
     assert torch.equal(norm.mean, before)  # inference never moves the statistics
     assert batch.mean(0).abs().max() > 1  # without it the shared part dominates
+
+
+def test_align_loss_adds_the_error_on_the_captions_own_tokens(tiny_model):
+    model = tiny_model
+    model.eval()  # no running-statistics update between the two passes
+    batch = batch_of(model, ("generation", "generation"))
+    old = (model.config.align_loss_weight, model.config.align_content_weight)
+    try:
+        model.config.align_loss_weight, model.config.align_content_weight = 1.0, 0.0
+        with torch.no_grad():
+            plain = model(**batch, generator=torch.Generator().manual_seed(0))["align_loss"]
+            model.config.align_content_weight = 2.0
+            weighted = model(**batch, generator=torch.Generator().manual_seed(0))["align_loss"]
+            states = model.img_states(batch["input_ids"], model.embed(batch["input_ids"], None),
+                                      model.language_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                                           output_hidden_states=True).hidden_states[-1])
+            target, content = model.decoder.encode_prompt(batch["target_captions"], return_mask=True)
+            per_token = (model.generation_head(states) - target).pow(2).mean(-1)
+    finally:
+        model.config.align_loss_weight, model.config.align_content_weight = old
+    assert 0 < content.sum() < content.numel()  # the caption's tokens, not the padding
+    expected = plain + 2.0 * (per_token * content).sum() / content.sum()
+    assert torch.allclose(weighted, expected, rtol=1e-4)
+    assert weighted > plain
