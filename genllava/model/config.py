@@ -22,7 +22,6 @@ class HeadConfig:
     encoder_layers: int = 4
     decoder_layers: int = 4
     num_queries: int = 77  # L learnable queries -> L conditioning vectors for the UNet
-    standardize_input: bool = False  # running per-(position, feature) standardisation of the [IMG] states
 
 
 @dataclass
@@ -38,7 +37,6 @@ class GenLlavaConfig:
     diffusion_high_noise_share: float = 0.0  # share of diffusion timesteps from the noisiest tenth (0: uniform)
     lm_loss_reduction: str = "sample"  # "sample": mean per conversation, then over the batch; or "token"
     align_loss_weight: float = 0.0  # optional MSE to the decoder's own caption embedding (GILL-style)
-    align_content_weight: float = 0.0  # extra align MSE over the caption's own tokens (not the padding)
     guidance_scale: float = 7.5
     inference_steps: int = 25
     model_type: str = "genllava"

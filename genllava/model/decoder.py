@@ -73,16 +73,13 @@ class DiffusionDecoder(nn.Module):
         return [Image.fromarray(p) for p in pixels]
 
     # ---- text conditioning (the decoder's own, as SD has CLIP's) ----------------------------
-    def encode_prompt(self, prompts: list[str], return_mask: bool = False):
-        """The text encoder's states for each prompt (and, with return_mask, which of the
-        max_length positions hold the prompt's own tokens rather than padding)."""
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         if self.text_encoder is None:
             raise RuntimeError("this decoder was loaded without its text encoder")
         tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
         device = self.text_encoder.device
-        states = self.text_encoder(tokens.input_ids.to(device)).last_hidden_state
-        return (states, tokens.attention_mask.to(device)) if return_mask else states
+        return self.text_encoder(tokens.input_ids.to(device)).last_hidden_state
 
     # ---- training objective ------------------------------------------------------------------
     def training_timesteps(self, batch: int, generator: torch.Generator | None, device,

@@ -164,14 +164,8 @@ class GenLlava(nn.Module):
             total = total + self.config.diffusion_loss_weight * losses["diffusion_loss"]
             if self.config.align_loss_weight > 0 and target_captions:
                 with torch.no_grad():
-                    target_conditioning, content = self.decoder.encode_prompt(target_captions, return_mask=True)
+                    target_conditioning = self.decoder.encode_prompt(target_captions)
                 losses["align_loss"] = nn.functional.mse_loss(conditioning, target_conditioning)
-                if self.config.align_content_weight > 0:
-                    # The UNet reads the caption's own tokens; averaged over 77 positions, their
-                    # error hides behind the easy padding states.
-                    per_token = (conditioning - target_conditioning).pow(2).mean(-1)
-                    content_error = (per_token * content).sum() / content.sum().clamp(min=1)
-                    losses["align_loss"] = losses["align_loss"] + self.config.align_content_weight * content_error
                 total = total + self.config.align_loss_weight * losses["align_loss"]
         losses["loss"] = total
         return losses
