@@ -19,7 +19,7 @@ def tiny_mistral(tokenizer: PreTrainedTokenizerBase, width: int = 256, layers: i
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
 
 
-def pretrain_lm(out: str | Path, tokenizer: PreTrainedTokenizerBase, *, steps: int = 3000, batch: int = 32,
+def pretrain_lm(out: str | Path, tokenizer: PreTrainedTokenizerBase, *, steps: int = 800, batch: int = 32,
                 lr: float = 2e-3, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     model = tiny_mistral(tokenizer)
