@@ -70,20 +70,24 @@ def test_labels_only_on_assistant_answers(tiny_processor):
     assert ids[0] == proc.bos_id and labels[0] == IGNORE
 
     spans = labelled_spans(labels)
-    assert len(spans) == 2
-    first, second = ([ids[i] for i in range(a, b)] for a, b in spans)
+    # The image answer's [IMG0..15][EOI] are placed by the code at inference, never predicted.
+    assert len(spans) == 3
+    first, second, third = ([ids[i] for i in range(a, b)] for a, b in spans)
     assert first == [proc.task_ids[templates.I2T], *proc._content("red"), proc.eos_id]
-    assert second == [proc.task_ids[templates.T2I], proc.soi_id, *proc.img_token_ids, proc.eoi_id, proc.eos_id]
+    assert second == [proc.task_ids[templates.T2I], proc.soi_id]
+    assert third == [proc.eos_id]
+    placed = spans[1][1]
+    assert ids[placed:spans[2][0]] == [*proc.img_token_ids, proc.eoi_id]
     for a, b in spans:  # where there is a label it is the input id itself (the LM shifts)
         assert labels[a:b] == ids[a:b]
-        # every answer is preceded by the (unlabelled) assistant prefix
+    for a, _ in spans[:2]:  # every answer is preceded by the (unlabelled) assistant prefix
         assert ids[a - len(proc._assistant):a] == proc._assistant
     decoded = [proc.tokenizer.decode([ids[i] for i in range(a, b)]) for a, b in spans]
     assert decoded[0].replace(" ", "") == "[I2T]red</s>"
-    assert decoded[1].replace(" ", "") == "[T2I][SOI]" + "".join(templates.IMG_TOKENS) + "[EOI]</s>"
+    assert decoded[1].replace(" ", "") == "[T2I][SOI]"
     assert proc.decode([ids[i] for i in range(*spans[0])]) == "red"
     # nothing else is labelled: system prompt, user turns, prefixes, newlines
-    assert sum(label != IGNORE for label in labels) == len(first) + len(second)
+    assert sum(label != IGNORE for label in labels) == len(first) + len(second) + len(third)
     user_text = proc._content("What color is the circle?")
     at = next(i for i in range(len(ids)) if ids[i:i + len(user_text)] == user_text)
     assert all(label == IGNORE for label in labels[:at + len(user_text)])
@@ -171,7 +175,12 @@ def test_overlong_conversations_drop_whole_trailing_exchanges(tiny_processor):
     messages = parse_record(record)
     full = tiny_processor.encode(messages)
     assert full.image_answers == 2
-    spans = labelled_spans(full.labels)
+    eos = tiny_processor.eos_id
+
+    def answers(labels):  # labelled spans that end an answer (an image answer's [IMG*][EOI] are unlabelled)
+        return [(a, b) for a, b in labelled_spans(labels) if labels[b - 1] == eos]
+
+    spans = answers(full.labels)
     assert len(spans) == 3
     # each exchange ends with its answer's </s> and a newline
     ends = [b + len(tiny_processor._newline) for _, b in spans]
@@ -183,7 +192,7 @@ def test_overlong_conversations_drop_whole_trailing_exchanges(tiny_processor):
             assert encoded.input_ids == full.input_ids[:end], (kept, max_length)
             assert encoded.labels == full.labels[:end]
             assert encoded.image_answers == kept
-            assert len(labelled_spans(encoded.labels)) == kept
+            assert len(answers(encoded.labels)) == kept
         example = to_example(record, with_max_length(tiny_processor, end))
         assert len(example.targets) == kept and len(example.captions) == kept
         assert example.targets == record["target_image"][:kept]

@@ -106,9 +106,17 @@ class GenLlavaProcessor:
             if len(input_ids) + len(prompt) + len(reply) > self.max_length:
                 break
             input_ids += prompt + reply
-            labels += [IGNORE] * len(prompt) + reply[:-len(self._newline) or None] + [IGNORE] * len(self._newline)
+            labels += [IGNORE] * len(prompt) + self._answer_labels(reply)
             image_answers += answer.image_answer
         return Encoded(input_ids, labels, image_answers)
+
+    def _answer_labels(self, reply: list[int]) -> list[int]:
+        """The reply's labels. [IMG0..15] and [EOI] are not predicted: inference places them after
+        a generated [SOI] (GenLlava.generate), and their last hidden states feed the generation
+        head, which they serve better free of a next-token target that is the same for every image."""
+        placed = set(self.img_token_ids) | {self.eoi_id}
+        labels = [IGNORE if t in placed else t for t in reply]
+        return labels[:-len(self._newline) or None] + [IGNORE] * len(self._newline)
 
     def encode_prompt(self, messages: list[Message], task: str | None = None) -> list[int]:
         """Inference encoding: the history, the new user turn, and the assistant prefix (plus a

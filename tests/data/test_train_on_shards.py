@@ -83,10 +83,12 @@ def test_every_record_becomes_an_example_or_a_counted_skip(mixture, processor):
         assert all(labels[i] == input_ids[i] for i in supervised)
         assert labels[supervised[0]] in task_ids and image_id not in [labels[i] for i in supervised]
         assert input_ids.count(image_id) == (IMAGE_SEQ if example.image is not None else 0)
-        # each target image is answered with [T2I] ... [SOI][IMG0..15][EOI], and only those
+        # each target image is answered with [T2I] ... [SOI][IMG0..15][EOI], and only those; the
+        # model predicts up to [SOI], the code places the rest
         answer = [labels[i] for i in supervised]
-        assert example.encoded.image_answers == len(example.targets) == answer.count(ids(T2I))
-        assert sum(answer[i:i + len(image_answer)] == image_answer for i in range(len(answer))) == len(example.targets)
+        assert example.encoded.image_answers == len(example.targets) == answer.count(ids(T2I)) == answer.count(ids(SOI))
+        assert sum(input_ids[i:i + len(image_answer)] == image_answer for i in range(len(input_ids))) == len(example.targets)
+        assert not set(image_answer[1:]) & set(answer)
         assert all(isinstance(t, Image.Image) and t.mode == "RGB" for t in example.targets)
 
     generation = [e for e in examples if e.targets and e.image is None]
