@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .data.conversation import ASSISTANT, Message, user
+from .data.conversation import Message, user
 from .data.images import load_image
 from .model.modeling import GenLlava, Reply
 
@@ -37,8 +37,7 @@ class ChatSession:
                                     strength=strength, init_images=[self.latest])[0]
         if reply.image is not None:
             self.latest = reply.image
-        self.history += [message, Message(ASSISTANT, reply.text if reply.image is None else "", task=reply.task,
-                                          image_answer=reply.image is not None)]
+        self.history += [message, reply.as_message()]
         return reply
 
     def say(self, text: str) -> str:

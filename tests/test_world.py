@@ -253,7 +253,29 @@ def test_multiturn_records_edit_the_generated_image_then_ask_about_it():
         first, second = record["meta"]["target_scenes"]
         assert detect(record["target_image"][0]) == first and detect(record["target_image"][1]) == second
         assert first.caption() in turns[0]["value"]
-        assert turns[1]["value"] == turns[3]["value"] == templates.image_answer()
+        assert turns[1]["value"] == templates.image_answer(f"Here is {first.caption()}.")
+        assert turns[3]["value"] == templates.image_answer(f"Here is {second.caption()}.")
         edited = second.shapes[0]
         assert record["meta"]["answers"][0] in (edited.color, edited.shape, edited.position)
         assert turns[5]["value"] == templates.I2T + record["meta"]["answers"][0]
+
+
+def test_world_text_teaches_reading_in_the_chat_layout():
+    from genllava.shapes.corpus import world_text
+
+    docs = list(world_text(400, seed=3))
+    assert docs == list(world_text(400, seed=3)) and docs != list(world_text(400, seed=4))
+    chats = [d for d in docs if templates.ASSISTANT_PREFIX in d]
+    with_system = sum(d.startswith(templates.SYSTEM_PROMPT) for d in chats)
+    assert 0.3 * len(chats) < with_system < 0.7 * len(chats)  # robust with and without the system prompt
+    reading = [d for d in chats if "This is an image of" in d]
+    assert len(reading) >= 0.45 * len(docs)
+    asked = 0
+    for doc in reading:  # every answer is true of the described scene
+        caption = re.search(r"This is an image of (.*?)\.\n", doc)[1]
+        shapes = re.findall(r"a (\w+) (\w+) at the ([\w ]+?)(?= and |$)", caption)
+        image = render(Scene(tuple(Shape(*s) for s in shapes)))
+        for question, answer in re.findall(r"(?:USER: )?([^\n]*\?)\nASSISTANT: ([^\n]*)", doc):
+            assert _answer_from_image(question, image) == answer, (doc, question)
+            asked += 1
+    assert asked > 1.5 * len(reading)  # one to three questions each

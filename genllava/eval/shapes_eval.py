@@ -12,7 +12,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from ..data.conversation import ASSISTANT, Message, parse_turn
+from ..data.conversation import parse_turn
 from ..model.modeling import GenLlava, Reply
 from ..shapes.detector import matches
 from ..shapes.tasks import make_eval_records
@@ -30,11 +30,6 @@ MAX_ANSWER_TOKENS = 32
 def _batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]
-
-
-def _as_history_message(reply: Reply) -> Message:
-    return Message(ASSISTANT, reply.text if reply.image is None else "", task=reply.task,
-                   image_answer=reply.image is not None)
 
 
 def run_single_turn(model: GenLlava, records: list[dict], batch_size: int, seed: int) -> list[Reply]:
@@ -67,7 +62,7 @@ def run_multiturn(model: GenLlava, records: list[dict], batch_size: int, seed: i
             replies = model.generate(histories, [None] * len(chunk), seed=seed + turn, max_new_tokens=MAX_ANSWER_TOKENS)
             replies_per_turn.append(replies)
             for history, reply in zip(histories, replies):
-                history.append(_as_history_message(reply))
+                history.append(reply.as_message())
         for i, record in enumerate(chunk):
             first, second, answer = (replies_per_turn[t][i] for t in range(3))
             scenes = record["meta"]["target_scenes"]

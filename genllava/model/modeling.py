@@ -26,7 +26,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, AutoImageProcessor
 
 from ..data import templates
-from ..data.conversation import Message
+from ..data.conversation import ASSISTANT, Message
 from .config import GenLlavaConfig
 from .decoder import DiffusionDecoder
 from .generation_head import GenerationHead
@@ -44,6 +44,11 @@ class Reply:
     text: str
     task: str  # "[T2I]" or "[I2T]"
     image: Image.Image | None = None
+
+    def as_message(self) -> Message:
+        """This reply as a turn of the history: its words and, for an image, the image answer
+        (whose [IMG] tokens the processor writes back)."""
+        return Message(ASSISTANT, self.text, task=self.task, image_answer=self.image is not None)
 
 
 class GenLlava(nn.Module):
@@ -137,8 +142,8 @@ class GenLlava(nn.Module):
         """Next-token cross-entropy on the labelled (assistant) tokens.
 
         "sample" reduction averages within each conversation first, so a one-word answer weighs as
-        much as an image answer's 19 deterministic tokens; "token" is the usual flat average, under
-        which image-heavy batches drown the understanding answers.
+        much as an image answer's caption; "token" is the usual flat average, under which long
+        answers drown the one-word ones.
         """
         target = labels[:, 1:]
         per_token = nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, ignore_index=-100,

@@ -36,6 +36,13 @@ def _gpt(text: str) -> dict:
     return {"from": "gpt", "value": text}
 
 
+def _drawn(scene: Scene) -> dict:
+    """An image answer that first says what it draws, as MGIE's MLLM first writes an expressive
+    instruction: the LM loss then teaches the caption (for an edit: understanding plus the
+    change), and the [IMG] states that follow read it at fixed offsets whatever the prompt said."""
+    return _gpt(image_answer(f"Here is {scene.caption()}."))
+
+
 def scene_question(scene: Scene, rng: random.Random) -> tuple[str, str]:
     """A question about the scene and its one-word-or-phrase answer."""
     shape = rng.choice(scene.shapes)
@@ -96,7 +103,7 @@ def generation(rng: random.Random, rid: str, heldout: bool = False) -> dict:
             break
     scene = Scene((shape,))
     prompt = generation_prompt(scene.caption(), rng)
-    return _record(rid, "generation", [_human(prompt), _gpt(image_answer())], targets=[render(scene)], scenes=[scene])
+    return _record(rid, "generation", [_human(prompt), _drawn(scene)], targets=[render(scene)], scenes=[scene])
 
 
 def random_edit(shape: Shape, rng: random.Random, pronoun: bool = False) -> tuple[str, Shape]:
@@ -122,7 +129,7 @@ def editing(rng: random.Random, rid: str) -> dict:
     instruction, edited = random_edit(source, rng)
     prompt = editing_prompt(instruction, rng)
     target = Scene((edited,))
-    return _record(rid, "editing", [_human(f"{IMAGE_TOKEN}\n{prompt}"), _gpt(image_answer())],
+    return _record(rid, "editing", [_human(f"{IMAGE_TOKEN}\n{prompt}"), _drawn(target)],
                    image=render(Scene((source,))), targets=[render(target)], scenes=[target])
 
 
@@ -135,8 +142,8 @@ def multiturn(rng: random.Random, rid: str) -> dict:
                         ("Where is it?", edited.position)][kind]
     scenes = [Scene((first,)), Scene((edited,))]
     conversations = [
-        _human(generation_prompt(scenes[0].caption(), rng)), _gpt(image_answer()),
-        _human(instruction), _gpt(image_answer()),
+        _human(generation_prompt(scenes[0].caption(), rng)), _drawn(scenes[0]),
+        _human(instruction), _drawn(scenes[1]),
         _human(SHORT_VQA.format(question=question)), _gpt(text_answer(answer)),
     ]
     return _record(rid, "multiturn", conversations, targets=[render(s) for s in scenes], answers=[answer],
