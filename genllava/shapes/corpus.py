@@ -6,7 +6,8 @@ import random
 from typing import Iterator
 
 from ..data import templates
-from .tasks import GENERATORS, scene_question, text_task
+from ..data.conversation import ASSISTANT, parse_record
+from .tasks import GENERATORS, make_records, scene_question, text_task
 from .world import random_scene
 
 
@@ -40,3 +41,32 @@ def world_text(count: int, seed: int) -> Iterator[str]:
             record = GENERATORS[rng.choice(["generation", "editing", "multiturn"])](rng, "corpus")
             yield " ".join(_strip_markers(turn["value"]) for turn in record["conversations"] if turn["from"] == "human")
     yield templates.SYSTEM_PROMPT
+
+
+# The world LM is instruction-tuned, as Mistral-7B-Instruct is: it learns the assistant's chats in
+# words (an input image given as its caption), so GenLLaVA's stage only has to teach it to see
+# images and to draw them. Shares as in GenLLaVA's mix, with more text to keep it fluent.
+CHAT_MIX = {"understanding": 0.4, "text": 0.2, "generation": 0.15, "editing": 0.15, "multiturn": 0.1}
+IMAGE_IN_WORDS = "This is an image of {caption}."
+
+
+def chat_in_words(record: dict) -> list[str]:
+    """A record as the pieces of GenLLaVA's chat layout (see GenLlavaProcessor), each to be tokenized
+    on its own: the input image becomes its caption; task tokens and image blocks are dropped."""
+    pieces = [templates.SYSTEM_PROMPT + "\n\n"]
+    for message in parse_record(record):
+        if message.role == ASSISTANT:
+            pieces += [templates.ASSISTANT_PREFIX, templates.CONTENT_LEAD + message.text, "</s>", templates.TURN_SEPARATOR]
+            continue
+        pieces.append(templates.USER_PREFIX)
+        if message.has_image:
+            pieces += [templates.CONTENT_LEAD + IMAGE_IN_WORDS.format(caption=record["meta"]["image_caption"]),
+                       templates.TURN_SEPARATOR]
+        pieces += [templates.CONTENT_LEAD + message.text, templates.TURN_SEPARATOR]
+    return pieces
+
+
+def chat_corpus(count: int, seed: int) -> Iterator[list[str]]:
+    """`count` chats of the world in words, from the same task generators GenLLaVA trains on."""
+    for record in make_records(count, seed, CHAT_MIX):
+        yield chat_in_words(record)

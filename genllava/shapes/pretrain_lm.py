@@ -1,15 +1,20 @@
-"""Pretrain the shapes world's language model: a Mistral-class causal LM trained on the world's
-text, saved as a standard transformers folder with its tokenizer."""
+"""Pretrain the shapes world's language model: a Mistral-class causal LM instruction-tuned on the
+world's chats in words, saved as a standard transformers folder with its tokenizer."""
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerBase
 
-from .corpus import world_text
+from .corpus import chat_corpus, chat_in_words
+from .tasks import TASKS, make_eval_records
+
+EVAL_SEED = 777  # the LM's own check; GenLLaVA's evaluation uses other seeds
 
 
 def tiny_mistral(tokenizer: PreTrainedTokenizerBase, width: int = 256, layers: int = 4) -> MistralForCausalLM:
@@ -19,25 +24,88 @@ def tiny_mistral(tokenizer: PreTrainedTokenizerBase, width: int = 256, layers: i
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
 
 
+def encode_pieces(tokenizer: PreTrainedTokenizerBase, pieces: list[str]) -> list[int]:
+    """Each piece tokenized on its own, as GenLlavaProcessor does, so the ids match GenLLaVA's."""
+    return [i for piece in pieces for i in tokenizer(piece, add_special_tokens=False).input_ids]
+
+
+def batch_of(tokenizer: PreTrainedTokenizerBase, chats: list[list[str]]) -> dict[str, torch.Tensor]:
+    rows = [[tokenizer.bos_token_id] + encode_pieces(tokenizer, pieces) for pieces in chats]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for r, row in enumerate(rows):
+        ids[r, :len(row)], mask[r, :len(row)] = torch.tensor(row), 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+
+@torch.no_grad()
+def score_lm(model: MistralForCausalLM, tokenizer: PreTrainedTokenizerBase, samples: int = 200,
+             seed: int = EVAL_SEED) -> dict[str, float]:
+    """Exact-match accuracy of the LM's last answer in each task's chats, in words, with the
+    earlier turns given as the truth: what it brings to GenLLaVA before seeing a single image."""
+    model.eval()
+    scores = {}
+    for task in TASKS:
+        records = make_eval_records(task, samples, seed)
+        prompts, truths = [], []
+        for record in records:
+            pieces = chat_in_words(record)
+            cut = max(i for i, p in enumerate(pieces) if p == "ASSISTANT:") + 1
+            prompts.append([tokenizer.bos_token_id] + encode_pieces(tokenizer, pieces[:cut]))
+            truths.append(pieces[cut].strip())
+        correct = 0
+        for start in range(0, len(prompts), 50):
+            chunk = prompts[start:start + 50]
+            width = max(map(len, chunk))
+            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in chunk])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=24, do_sample=False,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            for row, truth in zip(out[:, width:], truths[start:start + 50]):
+                correct += tokenizer.decode(row, skip_special_tokens=True).strip() == truth
+        scores[task] = correct / len(prompts)
+    model.train()
+    return scores
+
+
+class StepBatches:
+    """Step i's batch depends only on (seed, i), so worker processes can build batches in any order
+    and the run stays the same whatever their number."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, batch: int, seed: int):
+        self.tokenizer, self.batch, self.seed = tokenizer, batch, seed
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        return batch_of(self.tokenizer, list(chat_corpus(self.batch, self.seed * 1_000_003 + step)))
+
+
 def pretrain_lm(out: str | Path, tokenizer: PreTrainedTokenizerBase, *, steps: int = 800, batch: int = 32,
-                lr: float = 2e-3, seed: int = 0) -> dict:
+                lr: float = 2e-3, seed: int = 0, evaluate: bool = True, workers: int = 0) -> dict:
+    """Trains on the GPU when there is one; `workers` processes build the batches."""
     torch.manual_seed(seed)
-    model = tiny_mistral(tokenizer)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = tiny_mistral(tokenizer).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
-    documents = world_text(steps * batch, seed)
-    progress = tqdm(range(steps), desc="pretrain language model")
-    for _ in progress:
-        texts = [tokenizer.bos_token + next(documents) + tokenizer.eos_token for _ in range(batch)]
-        tokens = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
-        labels = tokens.input_ids.masked_fill(tokens.attention_mask == 0, -100)
-        loss = model(**tokens, labels=labels).loss
+    make_batch = StepBatches(tokenizer, batch, seed)
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers else None
+    batches = pool.imap(make_batch, range(steps), chunksize=8) if pool else map(make_batch, range(steps))
+    progress = tqdm(batches, total=steps, desc="pretrain language model")
+    for tensors in progress:
+        loss = model(**{k: v.to(device) for k, v in tensors.items()}).loss
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         progress.set_postfix(loss=f"{loss.item():.3f}")
-    model.save_pretrained(out)
+    if pool:
+        pool.close()
+    report = {"final_loss": loss.item(), "steps": steps, "batch": batch, "lr": lr, "seed": seed, "device": device}
+    if evaluate:
+        report["accuracy_in_words"] = score_lm(model, tokenizer)
+    model.cpu().save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return {"final_loss": loss.item(), "steps": steps, "batch": batch, "seed": seed}
+    (Path(out) / "pretrain_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

@@ -17,11 +17,12 @@ from .world import COLORS, NUMBER_WORDS, POSITIONS, SHAPES, Scene, Shape, is_hel
 TASKS = ("understanding", "text", "generation", "editing", "multiturn")
 
 
-def _record(rid: str, task: str, conversations, image=None, targets=(), answers=(), scenes=()) -> dict:
+def _record(rid: str, task: str, conversations, image: Scene | None = None, targets=(), answers=(), scenes=()) -> dict:
     record = {"id": rid, "conversations": conversations, "meta": {"task": task, "answers": list(answers),
                                                                   "target_scenes": list(scenes)}}
     if image is not None:
-        record["image"] = image
+        record["image"] = render(image)
+        record["meta"]["image_caption"] = image.caption()  # the input image in words (the world LM's corpus)
     if targets:
         record["target_image"] = list(targets)
         record["target_caption"] = [s.caption() for s in scenes]  # what each target shows, in words
@@ -74,7 +75,7 @@ def understanding(rng: random.Random, rid: str, long_answers: float = 0.15, max_
     conversations = []
     for i, (question, answer) in enumerate(pairs):
         conversations += [_human(f"{IMAGE_TOKEN}\n{question}" if i == 0 else question), _gpt(text_answer(answer))]
-    return _record(rid, "understanding", conversations, image=render(scene), answers=[a for _, a in pairs])
+    return _record(rid, "understanding", conversations, image=scene, answers=[a for _, a in pairs])
 
 
 def text_task(rng: random.Random) -> tuple[str, str]:
@@ -130,7 +131,7 @@ def editing(rng: random.Random, rid: str) -> dict:
     prompt = editing_prompt(instruction, rng)
     target = Scene((edited,))
     return _record(rid, "editing", [_human(f"{IMAGE_TOKEN}\n{prompt}"), _drawn(target)],
-                   image=render(Scene((source,))), targets=[render(target)], scenes=[target])
+                   image=Scene((source,)), targets=[render(target)], scenes=[target])
 
 
 def multiturn(rng: random.Random, rid: str) -> dict:
