@@ -128,7 +128,11 @@ def _pretrain(args) -> None:
         from .shapes.pretrain_decoder import pretrain_decoder as run
     options = {"unet_steps" if args.component == "decoder" else "steps": args.steps, "batch": args.batch}
     if args.component == "decoder":
-        options.update(vae_steps=args.vae_steps, evaluate=not args.no_eval, init_from=args.init_from, lr=args.lr)
+        options.update(vae_steps=args.vae_steps, init_from=args.init_from, lr=args.lr)
+    if args.component in ("decoder", "language"):
+        options.update(evaluate=not args.no_eval)
+    if args.component == "language":
+        options.update(workers=args.workers)
     print(run(out, tokenizer, seed=args.seed, **{k: v for k, v in options.items() if v is not None}))
 
 
@@ -208,7 +212,8 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--steps", type=int, default=None, help="training steps (the decoder's UNet steps)")
     pre.add_argument("--batch", type=int, default=None)
     pre.add_argument("--vae-steps", type=int, default=None, help="decoder only: autoencoder steps")
-    pre.add_argument("--no-eval", action="store_true", help="decoder only: skip scoring all captions")
+    pre.add_argument("--no-eval", action="store_true", help="decoder, language: skip the final scoring")
+    pre.add_argument("--workers", type=int, default=0, help="language only: processes that build batches")
     pre.add_argument("--init-from", default=None, help="decoder only: continue training a saved decoder")
     pre.add_argument("--lr", type=float, default=None, help="decoder only: peak learning rate")
     pre.add_argument("--seed", type=int, default=0)

@@ -29,7 +29,7 @@ def tiny_components(tmp_path_factory):
     root = tmp_path_factory.mktemp("components")
     tokenizer = build_tokenizer(documents=2000)
     pretrain_vision(root / "vision", tokenizer, steps=1, batch=4)
-    pretrain_lm(root / "language", tokenizer, steps=1, batch=4)
+    pretrain_lm(root / "language", tokenizer, steps=1, batch=4, evaluate=False)
     pretrain_decoder(root / "decoder", tokenizer, vae_steps=1, unet_steps=1, batch=4, evaluate=False)
     return root
 

@@ -201,6 +201,7 @@ def pretrained_by_cli(tmp_path_factory):
         commands[component] = ["shapes", "pretrain", component, "--out", root / component, "--batch", 2,
                                "--tokenizer", root / "tokenizer", "--steps", steps, "--seed", 1]
     commands["decoder"] += ["--vae-steps", 1, "--no-eval"]
+    commands["language"] += ["--no-eval"]
     for component, argv in commands.items():
         code = main([str(a) for a in argv])
         assert code == 0, component

@@ -187,3 +187,16 @@ def test_paper_architecture_builds_with_the_right_classes_and_shapes(real_archit
         ids = torch.tensor([model.processor.encode_prompt([user("What is in the picture?", has_image=True)])])
         assert int((ids == model.processor.image_token_id).sum()) == 576
         assert model.embed(ids, pixels).shape == (1, ids.shape[1], lm_width)
+
+
+def test_shipped_world_lm_answers_the_worlds_chats_in_words():
+    """The shipped LM is what GenLLaVA starts from: it must already answer text questions and say
+    what an image answer shows (its reading of a scene in words bounds understanding)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from genllava.shapes.pretrain_lm import score_lm
+
+    folder = presets.SHAPES_PRETRAINED / "language"
+    scores = score_lm(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder), samples=50)
+    assert scores["text"] >= 0.95 and scores["generation"] >= 0.95 and scores["editing"] >= 0.95
+    assert scores["understanding"] >= 0.7

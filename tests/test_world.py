@@ -260,22 +260,29 @@ def test_multiturn_records_edit_the_generated_image_then_ask_about_it():
         assert turns[5]["value"] == templates.I2T + record["meta"]["answers"][0]
 
 
-def test_world_text_teaches_reading_in_the_chat_layout():
-    from genllava.shapes.corpus import world_text
+def test_chats_in_words_are_genllavas_chats_with_images_as_captions(tiny_processor):
+    """The world LM's corpus: the same records, the same token layout as GenLlavaProcessor's,
+    with the input image given as its (true) caption and the task tokens and image blocks left out."""
+    from genllava.shapes.corpus import IMAGE_IN_WORDS, chat_corpus, chat_in_words
+    from genllava.shapes.pretrain_lm import encode_pieces
 
-    docs = list(world_text(400, seed=3))
-    assert docs == list(world_text(400, seed=3)) and docs != list(world_text(400, seed=4))
-    chats = [d for d in docs if templates.ASSISTANT_PREFIX in d]
-    with_system = sum(d.startswith(templates.SYSTEM_PROMPT) for d in chats)
-    assert 0.3 * len(chats) < with_system < 0.7 * len(chats)  # robust with and without the system prompt
-    reading = [d for d in chats if "This is an image of" in d]
-    assert len(reading) >= 0.45 * len(docs)
-    asked = 0
-    for doc in reading:  # every answer is true of the described scene
-        caption = re.search(r"This is an image of (.*?)\.\n", doc)[1]
-        shapes = re.findall(r"a (\w+) (\w+) at the ([\w ]+?)(?= and |$)", caption)
-        image = render(Scene(tuple(Shape(*s) for s in shapes)))
-        for question, answer in re.findall(r"(?:USER: )?([^\n]*\?)\nASSISTANT: ([^\n]*)", doc):
-            assert _answer_from_image(question, image) == answer, (doc, question)
-            asked += 1
-    assert asked > 1.5 * len(reading)  # one to three questions each
+    chats = list(chat_corpus(200, seed=3))
+    assert chats == list(chat_corpus(200, seed=3)) and chats != list(chat_corpus(200, seed=4))
+    proc, removed = tiny_processor, set(tiny_processor.task_ids.values())
+    removed |= {tiny_processor.soi_id, tiny_processor.eoi_id, *tiny_processor.img_token_ids}
+    for task in GENERATORS:
+        for record in make_records(40, seed=5, mix={task: 1.0}):
+            pieces = chat_in_words(record)
+            words = [proc.bos_id] + encode_pieces(proc.tokenizer, pieces)
+            if "image" in record:
+                caption = record["meta"]["image_caption"]
+                assert detect(record["image"]).caption() == caption  # the caption is the truth
+                text = "".join(pieces)
+                assert text.count(IMAGE_IN_WORDS.format(caption=caption)) == 1
+                slot = encode_pieces(proc.tokenizer, [" " + IMAGE_IN_WORDS.format(caption=caption)])
+                start = next(i for i in range(len(words)) if words[i:i + len(slot)] == slot)
+                words[start:start + len(slot)] = [proc.image_token_id] * proc.image_seq_length
+            ids = [t for t in proc.encode(parse_record(record)).input_ids if t not in removed]
+            assert words == ids, task
+
+

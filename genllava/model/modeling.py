@@ -51,6 +51,17 @@ class Reply:
         return Message(ASSISTANT, self.text, task=self.task, image_answer=self.image is not None)
 
 
+@torch.no_grad()
+def start_task_tokens_as_answer_start(language_model, processor: GenLlavaProcessor) -> None:
+    """[I2T] and [T2I] sit where a pretrained chat LM starts its answer, right after "ASSISTANT:".
+    Their input rows start as copies of that prefix's last token, so the position after them reads
+    like the one the LM answered from, and it keeps answering instead of relearning to (with the
+    usual mean initialisation the world LM's text accuracy fell from 1.00 to 0.18 in 100 steps)."""
+    rows = language_model.get_input_embeddings().weight
+    for task_id in processor.task_ids.values():
+        rows[task_id] = rows[processor.assistant_prefix_ids[-1]]
+
+
 class GenLlava(nn.Module):
     def __init__(self, config: GenLlavaConfig, vision: VisionTower, language_model, processor: GenLlavaProcessor,
                  decoder: DiffusionDecoder):
@@ -81,6 +92,7 @@ class GenLlava(nn.Module):
         with loading("the image decoder", config.decoder):
             decoder = DiffusionDecoder.from_pretrained(config.decoder)
         processor = GenLlavaProcessor(tokenizer, image_processor, vision.num_patches, max_length or config.max_length)
+        start_task_tokens_as_answer_start(language_model, processor)
         return cls(config, vision, language_model, processor, decoder)
 
     def save_pretrained(self, folder: str | Path) -> None:

@@ -51,6 +51,7 @@ class GenLlavaProcessor:
         self.pad_id, self.bos_id, self.eos_id = tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
         self._system = self._text(templates.SYSTEM_PROMPT + "\n\n")
         self._user, self._assistant = self._text(templates.USER_PREFIX), self._text(templates.ASSISTANT_PREFIX)
+        self.assistant_prefix_ids = tuple(self._assistant)
         self._newline = self._text(templates.TURN_SEPARATOR)
 
     # ---- persistence ---------------------------------------------------------------------------
