@@ -35,10 +35,11 @@ def write_grids(examples: dict, out: Path) -> list[str]:
     paths = []
     for name in ("generation", "generation_heldout"):
         records, replies = examples[name]
-        rows = [(r["conversations"][0]["value"], [rep.image, r["target_image"][0]]) for r, rep in zip(records[:12], replies)]
+        rows = [(f'{r["conversations"][0]["value"]} -> {rep.text}', [rep.image, r["target_image"][0]])
+                for r, rep in zip(records[:12], replies)]
         paths.append(save_grid(rows, out / f"{name}.png", ["generated", "truth"]))
     records, replies = examples["editing"]
-    rows = [(r["conversations"][0]["value"].split("\n")[-1], [r["image"], rep.image, r["target_image"][0]])
+    rows = [(f'{r["conversations"][0]["value"].split(chr(10))[-1]} -> {rep.text}', [r["image"], rep.image, r["target_image"][0]])
             for r, rep in zip(records[:12], replies)]
     paths.append(save_grid(rows, out / "editing.png", ["input", "edited", "truth"]))
     records, transcripts = examples["multiturn"]

@@ -354,3 +354,14 @@ def test_saved_tokenizer_has_a_chat_template(saved_tiny_model):
 
     tokenizer = AutoTokenizer.from_pretrained(saved_tiny_model)
     assert tokenizer.chat_template
+
+
+def test_task_tokens_start_as_the_assistant_prefix_end(tiny_model):
+    """[I2T]/[T2I] take the place where the pretrained LM began its answer; their input rows start
+    as the row of the assistant prefix's last token, while other new rows keep the usual init."""
+    proc = tiny_model.processor
+    rows = tiny_model.language_model.get_input_embeddings().weight
+    prefix_end = rows[proc.assistant_prefix_ids[-1]]
+    for task_id in proc.task_ids.values():
+        assert torch.equal(rows[task_id], prefix_end)
+    assert not torch.equal(rows[proc.soi_id], prefix_end)

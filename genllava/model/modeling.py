@@ -55,8 +55,9 @@ class Reply:
 def start_task_tokens_as_answer_start(language_model, processor: GenLlavaProcessor) -> None:
     """[I2T] and [T2I] sit where a pretrained chat LM starts its answer, right after "ASSISTANT:".
     Their input rows start as copies of that prefix's last token, so the position after them reads
-    like the one the LM answered from, and it keeps answering instead of relearning to (with the
-    usual mean initialisation the world LM's text accuracy fell from 1.00 to 0.18 in 100 steps)."""
+    like the one the LM answered from, and it keeps answering instead of relearning to. (Measured
+    on the shapes world: after 40 steps of text and understanding, text accuracy was 0.84 with
+    this start and 0.14 with resize_token_embeddings' mean rows; both were 1.00 before.)"""
     rows = language_model.get_input_embeddings().weight
     for task_id in processor.task_ids.values():
         rows[task_id] = rows[processor.assistant_prefix_ids[-1]]
