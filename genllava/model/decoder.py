@@ -73,13 +73,19 @@ class DiffusionDecoder(nn.Module):
         return [Image.fromarray(p) for p in pixels]
 
     # ---- text conditioning (the decoder's own, as SD has CLIP's) ----------------------------
+    def _tokens(self, prompts: list[str]):
+        return self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt")
+
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         if self.text_encoder is None:
             raise RuntimeError("this decoder was loaded without its text encoder")
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
         device = self.text_encoder.device
-        return self.text_encoder(tokens.input_ids.to(device)).last_hidden_state
+        return self.text_encoder(self._tokens(prompts).input_ids.to(device)).last_hidden_state
+
+    def prompt_word_mask(self, prompts: list[str]) -> torch.Tensor:
+        """(batch, L): 1 at the positions of the prompt's own tokens (with its start and end), 0 at padding."""
+        return self._tokens(prompts).attention_mask
 
     # ---- training objective ------------------------------------------------------------------
     def training_timesteps(self, batch: int, generator: torch.Generator | None, device,

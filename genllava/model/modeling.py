@@ -51,6 +51,15 @@ class Reply:
         return Message(ASSISTANT, self.text, task=self.task, image_answer=self.image is not None)
 
 
+def align_loss(conditioning: torch.Tensor, target: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """MSE to the decoder's own caption embedding over all L positions, plus the same over the
+    caption's own token positions. A caption fills a tenth of SD's 77 positions, so the plain mean
+    is mostly the padding's fit: in one run it fell to 0.04 while the word positions were still
+    off by 0.16-0.74, and the model drew 0.10 of the prompts right."""
+    error = (conditioning - target).pow(2).mean(-1)
+    return error.mean() + (error * words).sum() / words.sum().clamp(min=1)
+
+
 @torch.no_grad()
 def start_task_tokens_as_answer_start(language_model, processor: GenLlavaProcessor) -> None:
     """[I2T] and [T2I] sit where a pretrained chat LM starts its answer, right after "ASSISTANT:".
@@ -183,7 +192,8 @@ class GenLlava(nn.Module):
             if self.config.align_loss_weight > 0 and target_captions:
                 with torch.no_grad():
                     target_conditioning = self.decoder.encode_prompt(target_captions)
-                losses["align_loss"] = nn.functional.mse_loss(conditioning, target_conditioning)
+                words = self.decoder.prompt_word_mask(target_captions).to(conditioning.device)
+                losses["align_loss"] = align_loss(conditioning, target_conditioning, words)
                 total = total + self.config.align_loss_weight * losses["align_loss"]
         losses["loss"] = total
         return losses
