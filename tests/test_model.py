@@ -365,3 +365,17 @@ def test_task_tokens_start_as_the_assistant_prefix_end(tiny_model):
     for task_id in proc.task_ids.values():
         assert torch.equal(rows[task_id], prefix_end)
     assert not torch.equal(rows[proc.soi_id], prefix_end)
+
+
+def test_align_loss_counts_the_caption_positions_beyond_their_share():
+    from genllava.model.modeling import align_loss
+
+    target = torch.zeros(2, 77, 8)
+    words = torch.zeros(2, 77, dtype=torch.long)
+    words[:, :8] = 1  # a caption of 6 tokens with its start and end
+    off_words, off_padding = target.clone(), target.clone()
+    off_words[:, 3] = 1.0
+    off_padding[:, 40] = 1.0
+    assert align_loss(off_words, target, words) > 5 * align_loss(off_padding, target, words)
+    assert align_loss(target, target, words) == 0
+    assert torch.isclose(align_loss(off_padding, target, words), torch.tensor(1 / 77))
