@@ -27,7 +27,7 @@ def shapes() -> tuple[GenLlavaConfig, TrainConfig]:
         # head's conditioning where it matters most.
         diffusion_high_noise_share=0.5)
     train = TrainConfig(learning_rate=3e-4, new_modules_learning_rate=1e-3, weight_decay=0.01, max_grad_norm=1.0,
-                        warmup_ratio=0.03, global_batch_size=32, micro_batch_size=32, max_steps=900, seed=0)
+                        warmup_ratio=0.03, global_batch_size=32, micro_batch_size=32, max_steps=700, seed=0)
     return model, train
 
 
