@@ -200,3 +200,12 @@ def test_shipped_world_lm_answers_the_worlds_chats_in_words():
     scores = score_lm(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder), samples=50)
     assert scores["text"] >= 0.95 and scores["generation"] >= 0.95 and scores["editing"] >= 0.95
     assert scores["understanding"] >= 0.7
+
+
+def test_language_pretraining_is_the_same_with_batch_workers(tmp_path):
+    from genllava.shapes.pretrain_lm import pretrain_lm
+
+    tokenizer = AutoTokenizer.from_pretrained(presets.SHAPES_PRETRAINED / "tokenizer")
+    alone = pretrain_lm(tmp_path / "alone", tokenizer, steps=3, batch=4, seed=2, evaluate=False)
+    workers = pretrain_lm(tmp_path / "workers", tokenizer, steps=3, batch=4, seed=2, evaluate=False, workers=2)
+    assert alone["final_loss"] == workers["final_loss"]

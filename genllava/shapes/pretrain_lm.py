@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerBase
 
+from ..data import templates
 from .corpus import chat_corpus, chat_in_words
 from .tasks import TASKS, make_eval_records
 
@@ -51,7 +52,7 @@ def score_lm(model: MistralForCausalLM, tokenizer: PreTrainedTokenizerBase, samp
         prompts, truths = [], []
         for record in records:
             pieces = chat_in_words(record)
-            cut = max(i for i, p in enumerate(pieces) if p == "ASSISTANT:") + 1
+            cut = max(i for i, p in enumerate(pieces) if p == templates.ASSISTANT_PREFIX) + 1
             prompts.append([tokenizer.bos_token_id] + encode_pieces(tokenizer, pieces[:cut]))
             truths.append(pieces[cut].strip())
         correct = 0
@@ -83,13 +84,15 @@ class StepBatches:
 def pretrain_lm(out: str | Path, tokenizer: PreTrainedTokenizerBase, *, steps: int = 800, batch: int = 32,
                 lr: float = 2e-3, seed: int = 0, evaluate: bool = True, workers: int = 0) -> dict:
     """Trains on the GPU when there is one; `workers` processes build the batches."""
+    # The platform's default start method (fork on Linux), before CUDA starts: spawned workers
+    # re-import __main__, which a script piped to python cannot give them.
+    pool = multiprocessing.Pool(workers) if workers else None
+    make_batch = StepBatches(tokenizer, batch, seed)
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = tiny_mistral(tokenizer).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
-    make_batch = StepBatches(tokenizer, batch, seed)
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers else None
     batches = pool.imap(make_batch, range(steps), chunksize=8) if pool else map(make_batch, range(steps))
     progress = tqdm(batches, total=steps, desc="pretrain language model")
     for tensors in progress:
