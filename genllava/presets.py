@@ -25,7 +25,11 @@ def shapes() -> tuple[GenLlavaConfig, TrainConfig]:
         align_loss_weight=1.0, guidance_scale=3.0, inference_steps=20,
         # The layout is decided at high noise (see DiffusionDecoder.training_timesteps): train the
         # head's conditioning where it matters most.
-        diffusion_high_noise_share=0.5)
+        diffusion_high_noise_share=0.5,
+        # The diffusion gradient through the frozen UNet is noisy: at weight 1 it kept the head
+        # from fitting the position words (align loss 0.72 after 700 steps, generation 0.46);
+        # at 0.1 the align loss fell to 0.01 and generation reached 1.00. It still trains end to end.
+        diffusion_loss_weight=0.1)
     train = TrainConfig(learning_rate=3e-4, new_modules_learning_rate=1e-3, weight_decay=0.01, max_grad_norm=1.0,
                         warmup_ratio=0.03, global_batch_size=32, micro_batch_size=32, max_steps=700, seed=0)
     return model, train
