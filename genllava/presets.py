@@ -30,8 +30,10 @@ def shapes() -> tuple[GenLlavaConfig, TrainConfig]:
         # from fitting the position words (align loss 0.72 after 700 steps, generation 0.46);
         # at 0.1 the align loss fell to 0.01 and generation reached 1.00. It still trains end to end.
         diffusion_loss_weight=0.1)
+    # Batch 16 for 1,400 steps sees the same samples as 32 for 700 in the same time, with twice
+    # the updates: generation 1.00 and editing 1.00 against 0.66 and 0.48 (same mix, one run each).
     train = TrainConfig(learning_rate=3e-4, new_modules_learning_rate=1e-3, weight_decay=0.01, max_grad_norm=1.0,
-                        warmup_ratio=0.03, global_batch_size=32, micro_batch_size=32, max_steps=700, seed=0)
+                        warmup_ratio=0.03, global_batch_size=16, micro_batch_size=16, max_steps=1400, seed=0)
     return model, train
 
 
