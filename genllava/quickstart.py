@@ -56,6 +56,9 @@ def write_markdown(report: dict, out: Path) -> None:
              f"{report['train']['global_batch_size']} samples; evaluation seed {report['eval_seed']}, "
              f"{report['eval_samples']} samples per task.", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in m.items()]
+    by_kind = report.get("understanding", {}).get("by_question_kind", {})
+    if by_kind:
+        lines += ["", "Understanding by kind of question: " + ", ".join(f"{k} {v:.2f}" for k, v in by_kind.items()) + "."]
     ceiling = report.get("decoder_ceiling")
     if ceiling is not None:
         lines += ["", f"The frozen decoder alone, prompted with its own text encoder, draws {ceiling:.3f} of all "

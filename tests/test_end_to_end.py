@@ -18,11 +18,11 @@ from genllava.data import templates
 from genllava.data.collate import SkipReport, prepare
 from genllava.data.conversation import user
 from genllava.data.images import load_image
-from genllava.eval.shapes_eval import evaluate_shapes
+from genllava.eval.shapes_eval import accuracy_by_question_kind, evaluate_shapes
 from genllava.model.decoder import DiffusionDecoder
-from genllava.model.modeling import GenLlava
+from genllava.model.modeling import GenLlava, Reply
 from genllava.quickstart import flat_metrics
-from genllava.shapes.tasks import make_records
+from genllava.shapes.tasks import make_eval_records, make_records
 from genllava.train.config import TrainConfig
 from genllava.train.trainer import STATE_NAME, train
 
@@ -158,10 +158,23 @@ def test_evaluate_shapes_reports_all_six_accuracies(trained):
     results, examples = evaluate_shapes(trained["model"], seed=5, samples=2, batch_size=2, log=quiet)
     metrics = flat_metrics(results)
     assert set(metrics) == SIX_KEYS
+    kinds = {r["meta"]["question_kinds"][0] for r in examples["understanding"][0]}
+    assert set(results["understanding"]["by_question_kind"]) == kinds
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in metrics.values())
     assert set(examples) >= {"understanding", "text", "generation", "generation_heldout", "editing", "multiturn"}
     records, replies = examples["generation"]
     assert len(records) == len(replies) == 2
+
+
+def test_understanding_accuracy_is_reported_per_kind_of_question():
+    records = make_eval_records("understanding", 60, seed=9)
+    kinds = [r["meta"]["question_kinds"][0] for r in records]
+    # Right on every "Where ...?" question, wrong on all others.
+    replies = [Reply(r["meta"]["answers"][0] if kind == "position_of_shape" else "no idea", templates.I2T)
+               for r, kind in zip(records, kinds)]
+    by_kind = accuracy_by_question_kind(records, replies)
+    assert set(by_kind) == set(kinds) and "position_of_shape" in by_kind and len(by_kind) > 2
+    assert by_kind == {k: float(k == "position_of_shape") for k in by_kind}
 
 
 def test_checkpoint_resume_matches_a_straight_run(tiny_config, tmp_path):
@@ -216,6 +229,7 @@ def test_quickstart_writes_model_report_and_grids(tiny_config, tmp_path, monkeyp
     assert "skipped" in report and report["skipped"]["total"] == 0
     markdown = (out / "report.md").read_text()
     assert "generation.accuracy_heldout" in markdown
+    assert "Understanding by kind of question: " in markdown and len(report["understanding"]["by_question_kind"]) == 1
     for grid in report["grids"]:
         with Image.open(grid) as image:
             assert image.format == "PNG" and image.width > 300

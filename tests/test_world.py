@@ -13,7 +13,7 @@ import pytest
 from genllava.data import templates
 from genllava.data.conversation import parse_record
 from genllava.shapes.detector import detect
-from genllava.shapes.tasks import GENERATORS, make_eval_records, make_records
+from genllava.shapes.tasks import GENERATORS, QUESTION_KINDS, make_eval_records, make_records
 from genllava.shapes.world import (BACKGROUND, COLORS, HELDOUT_COMBOS, NUMBER_WORDS, POSITIONS, SHAPES, Scene, Shape,
                                    is_heldout, random_scene, random_shape, render)
 
@@ -286,3 +286,23 @@ def test_chats_in_words_are_genllavas_chats_with_images_as_captions(tiny_process
             assert words == ids, task
 
 
+
+
+# How each kind of question is worded (tasks.scene_question); a record's kinds must name its questions.
+KIND_WORDING = {"color_of_shape": r"^What color is the (circle|square|triangle)\?$",
+                "shape_at_position": r"^What shape is at the ", "position_of_shape": r"^Where is the ",
+                "count": r"^How many shapes", "color_at_position": r"^What color is the shape at ",
+                "is_there": r"^Is there a ", "description": r"^Describe the image\.$"}
+
+
+def test_understanding_records_name_the_kind_of_each_question():
+    seen = set()
+    for record in make_records(300, seed=8, mix={"understanding": 1.0}):
+        humans = record["conversations"][0::2]
+        kinds = record["meta"]["question_kinds"]
+        assert len(kinds) == len(humans) == len(record["meta"]["answers"])
+        for i, (human, kind) in enumerate(zip(humans, kinds)):
+            question = human["value"].split("\n")[1] if i == 0 else human["value"]
+            assert re.search(KIND_WORDING[kind], question), (kind, question)
+            seen.add(kind)
+    assert seen == set(QUESTION_KINDS) | {"description"}

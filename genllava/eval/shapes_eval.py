@@ -41,8 +41,20 @@ def run_single_turn(model: GenLlava, records: list[dict], batch_size: int, seed:
     return replies
 
 
+def is_right(record: dict, reply: Reply) -> bool:
+    return normalise(reply.text) == normalise(record["meta"]["answers"][0])
+
+
 def score_answers(records, replies) -> float:
-    return sum(normalise(rep.text) == normalise(r["meta"]["answers"][0]) for r, rep in zip(records, replies)) / len(records)
+    return sum(is_right(r, rep) for r, rep in zip(records, replies)) / len(records)
+
+
+def accuracy_by_question_kind(records, replies) -> dict[str, float]:
+    """Understanding accuracy per kind of question (where, what colour, how many, ...)."""
+    by_kind: dict[str, list[bool]] = {}
+    for record, reply in zip(records, replies):
+        by_kind.setdefault(record["meta"]["question_kinds"][0], []).append(is_right(record, reply))
+    return {kind: sum(right) / len(right) for kind, right in sorted(by_kind.items())}
 
 
 def score_images(records, replies) -> float:
@@ -83,6 +95,8 @@ def evaluate_shapes(model: GenLlava, seed: int = 1234, samples: int = 50, batch_
         records = make_eval_records(task, samples, seed)
         replies = run_single_turn(model, records, batch_size, seed)
         results[task] = {"accuracy": score_answers(records, replies), "samples": samples}
+        if task == "understanding":
+            results[task]["by_question_kind"] = accuracy_by_question_kind(records, replies)
         examples[task] = (records, replies)
         stages.update()
     for name, heldout in (("generation", False), ("generation_heldout", True)):

@@ -30,7 +30,7 @@ def world_text(count: int, seed: int) -> Iterator[str]:
             yield f"This is an image of {random_scene(rng).caption()}."
         elif kind == 1:
             scene = random_scene(rng)
-            question, answer = scene_question(scene, rng)
+            question, answer, _ = scene_question(scene, rng)
             yield (f"This is an image of {scene.caption()}.{templates.TURN_SEPARATOR}{templates.USER_PREFIX}{templates.CONTENT_LEAD}{question}{templates.TURN_SEPARATOR}"
                    f"{templates.ASSISTANT_PREFIX}{templates.CONTENT_LEAD}{answer}")
         elif kind == 2:

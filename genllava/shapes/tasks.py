@@ -44,23 +44,29 @@ def _drawn(scene: Scene) -> dict:
     return _gpt(image_answer(f"Here is {scene.caption()}."))
 
 
-def scene_question(scene: Scene, rng: random.Random) -> tuple[str, str]:
-    """A question about the scene and its one-word-or-phrase answer."""
+# What each question of scene_question asks, in the order of its `kind` draw; evaluation reports
+# accuracy per kind, so a weak skill (e.g. reading position) shows instead of hiding in the mean.
+QUESTION_KINDS = ("color_of_shape", "shape_at_position", "position_of_shape", "count", "color_at_position", "is_there")
+
+
+def scene_question(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
+    """A question about the scene, its one-word-or-phrase answer, and its kind (QUESTION_KINDS)."""
     shape = rng.choice(scene.shapes)
     kind = rng.randrange(6)
+    name = QUESTION_KINDS[kind]
     if kind == 0:
-        return f"What color is the {shape.shape}?", shape.color
+        return f"What color is the {shape.shape}?", shape.color, name
     if kind == 1:
-        return f"What shape is at the {shape.position}?", shape.shape
+        return f"What shape is at the {shape.position}?", shape.shape, name
     if kind == 2:
-        return f"Where is the {shape.color} {shape.shape}?", shape.position
+        return f"Where is the {shape.color} {shape.shape}?", shape.position, name
     if kind == 3:
-        return "How many shapes are there?", NUMBER_WORDS[len(scene.shapes)]
+        return "How many shapes are there?", NUMBER_WORDS[len(scene.shapes)], name
     if kind == 4:
-        return f"What color is the shape at the {shape.position}?", shape.color
+        return f"What color is the shape at the {shape.position}?", shape.color, name
     probe = shape if rng.random() < 0.5 else random_shape(rng)
     present = any((s.color, s.shape) == (probe.color, probe.shape) for s in scene.shapes)
-    return f"Is there a {probe.color} {probe.shape}?", "yes" if present else "no"
+    return f"Is there a {probe.color} {probe.shape}?", "yes" if present else "no", name
 
 
 def understanding(rng: random.Random, rid: str, long_answers: float = 0.15, max_questions: int = 3) -> dict:
@@ -68,14 +74,16 @@ def understanding(rng: random.Random, rid: str, long_answers: float = 0.15, max_
     (as LLaVA-1.5 packs several VQA questions about an image into one conversation)."""
     scene = random_scene(rng)
     if rng.random() < long_answers:  # long answer: a caption
-        pairs = [(LONG_VQA.format(question="Describe the image."), scene.caption() + ".")]
+        asked = [(LONG_VQA.format(question="Describe the image."), scene.caption() + ".", "description")]
     else:
-        pairs = [scene_question(scene, rng) for _ in range(rng.randint(1, max_questions))]
-        pairs = [(SHORT_VQA.format(question=q) if i == 0 else q, a) for i, (q, a) in enumerate(pairs)]
+        asked = [scene_question(scene, rng) for _ in range(rng.randint(1, max_questions))]
+        asked = [(SHORT_VQA.format(question=q) if i == 0 else q, a, k) for i, (q, a, k) in enumerate(asked)]
     conversations = []
-    for i, (question, answer) in enumerate(pairs):
+    for i, (question, answer, _) in enumerate(asked):
         conversations += [_human(f"{IMAGE_TOKEN}\n{question}" if i == 0 else question), _gpt(text_answer(answer))]
-    return _record(rid, "understanding", conversations, image=scene, answers=[a for _, a in pairs])
+    record = _record(rid, "understanding", conversations, image=scene, answers=[a for _, a, _ in asked])
+    record["meta"]["question_kinds"] = [k for _, _, k in asked]
+    return record
 
 
 def text_task(rng: random.Random) -> tuple[str, str]:
