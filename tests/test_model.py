@@ -379,3 +379,14 @@ def test_align_loss_counts_the_caption_positions_beyond_their_share():
     assert align_loss(off_words, target, words) > 5 * align_loss(off_padding, target, words)
     assert align_loss(target, target, words) == 0
     assert torch.isclose(align_loss(off_padding, target, words), torch.tensor(1 / 77))
+
+
+def test_projector_may_take_its_own_learning_rate(tiny_model):
+    groups = parameter_groups(tiny_model, TrainConfig(learning_rate=1e-4, new_modules_learning_rate=1e-3,
+                                                      projector_learning_rate=5e-3))
+    rates = {}
+    for name, part in (("projector", tiny_model.projector), ("language_model", tiny_model.language_model),
+                       ("generation_head", tiny_model.generation_head)):
+        ids = {id(p) for p in part.parameters()}
+        rates[name] = {g["lr"] for g in groups if {id(p) for p in g["params"]} <= ids}
+    assert rates == {"projector": {5e-3}, "language_model": {1e-4}, "generation_head": {1e-3}}

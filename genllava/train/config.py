@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 class TrainConfig:
     learning_rate: float = 2e-5
     new_modules_learning_rate: float | None = None  # projector + generation head (trained from scratch); None = learning_rate
+    projector_learning_rate: float | None = None  # None = new_modules_learning_rate
     weight_decay: float = 0.1
     max_grad_norm: float = 1.0
     warmup_ratio: float = 0.03

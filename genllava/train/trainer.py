@@ -33,12 +33,14 @@ def mixed_precision(setting: str) -> str:
 
 def parameter_groups(model: GenLlava, config: TrainConfig) -> list[dict]:
     """AdamW groups: no weight decay on biases, norms and other 1-D parameters; the modules that
-    start from scratch (projector, generation head) may take their own learning rate."""
+    start from scratch (projector, generation head) may take their own learning rate, and the
+    projector one of its own."""
     groups = []
     for name, params in model.trainable_parameters().items():
         params = [p for p in params if p.requires_grad]
-        fresh = name != "language_model" and config.new_modules_learning_rate is not None
-        lr = config.new_modules_learning_rate if fresh else config.learning_rate
+        lr = config.learning_rate if name == "language_model" else config.new_modules_learning_rate or config.learning_rate
+        if name == "projector" and config.projector_learning_rate is not None:
+            lr = config.projector_learning_rate
         groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay, "lr": lr},
                    {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
     return [g for g in groups if g["params"]]
