@@ -56,9 +56,10 @@ def write_markdown(report: dict, out: Path) -> None:
              f"{report['train']['global_batch_size']} samples; evaluation seed {report['eval_seed']}, "
              f"{report['eval_samples']} samples per task.", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in m.items()]
-    by_kind = report.get("understanding", {}).get("by_question_kind", {})
-    if by_kind:
-        lines += ["", "Understanding by kind of question: " + ", ".join(f"{k} {v:.2f}" for k, v in by_kind.items()) + "."]
+    for key, title in (("by_question_kind", "kind of question"), ("by_shape_count", "number of shapes in the image")):
+        scores = report.get("understanding", {}).get(key, {})
+        if scores:
+            lines += ["", f"Understanding by {title}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()) + "."]
     ceiling = report.get("decoder_ceiling")
     if ceiling is not None:
         lines += ["", f"The frozen decoder alone, prompted with its own text encoder, draws {ceiling:.3f} of all "

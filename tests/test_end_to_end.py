@@ -18,7 +18,7 @@ from genllava.data import templates
 from genllava.data.collate import SkipReport, prepare
 from genllava.data.conversation import user
 from genllava.data.images import load_image
-from genllava.eval.shapes_eval import accuracy_by_question_kind, evaluate_shapes
+from genllava.eval.shapes_eval import accuracy_by, evaluate_shapes, question_kind, shape_count
 from genllava.model.decoder import DiffusionDecoder
 from genllava.model.modeling import GenLlava, Reply
 from genllava.quickstart import flat_metrics
@@ -160,6 +160,8 @@ def test_evaluate_shapes_reports_all_six_accuracies(trained):
     assert set(metrics) == SIX_KEYS
     kinds = {r["meta"]["question_kinds"][0] for r in examples["understanding"][0]}
     assert set(results["understanding"]["by_question_kind"]) == kinds
+    counts = {shape_count(r) for r in examples["understanding"][0]}
+    assert set(results["understanding"]["by_shape_count"]) == counts
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in metrics.values())
     assert set(examples) >= {"understanding", "text", "generation", "generation_heldout", "editing", "multiturn"}
     records, replies = examples["generation"]
@@ -172,9 +174,17 @@ def test_understanding_accuracy_is_reported_per_kind_of_question():
     # Right on every "Where ...?" question, wrong on all others.
     replies = [Reply(r["meta"]["answers"][0] if kind == "position_of_shape" else "no idea", templates.I2T)
                for r, kind in zip(records, kinds)]
-    by_kind = accuracy_by_question_kind(records, replies)
+    by_kind = accuracy_by(records, replies, question_kind)
     assert set(by_kind) == set(kinds) and "position_of_shape" in by_kind and len(by_kind) > 2
     assert by_kind == {k: float(k == "position_of_shape") for k in by_kind}
+
+
+def test_understanding_accuracy_is_reported_per_number_of_shapes():
+    records = make_eval_records("understanding", 60, seed=9)
+    # Right on every question about a one-shape image, wrong on the two-shape ones.
+    replies = [Reply(r["meta"]["answers"][0] if r["meta"]["image_caption"].count(" at the ") == 1 else "no idea",
+                     templates.I2T) for r in records]
+    assert accuracy_by(records, replies, shape_count) == {"one shape": 1.0, "two shapes": 0.0}
 
 
 def test_checkpoint_resume_matches_a_straight_run(tiny_config, tmp_path):
@@ -230,6 +240,7 @@ def test_quickstart_writes_model_report_and_grids(tiny_config, tmp_path, monkeyp
     markdown = (out / "report.md").read_text()
     assert "generation.accuracy_heldout" in markdown
     assert "Understanding by kind of question: " in markdown and len(report["understanding"]["by_question_kind"]) == 1
+    assert "Understanding by number of shapes in the image: " in markdown
     for grid in report["grids"]:
         with Image.open(grid) as image:
             assert image.format == "PNG" and image.width > 300

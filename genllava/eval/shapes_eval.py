@@ -16,6 +16,7 @@ from ..data.conversation import parse_turn
 from ..model.modeling import GenLlava, Reply
 from ..shapes.detector import matches
 from ..shapes.tasks import make_eval_records
+from ..shapes.world import NUMBER_WORDS
 
 
 def normalise(text: str) -> str:
@@ -49,12 +50,23 @@ def score_answers(records, replies) -> float:
     return sum(is_right(r, rep) for r, rep in zip(records, replies)) / len(records)
 
 
-def accuracy_by_question_kind(records, replies) -> dict[str, float]:
-    """Understanding accuracy per kind of question (where, what colour, how many, ...)."""
-    by_kind: dict[str, list[bool]] = {}
+def accuracy_by(records, replies, group: Callable[[dict], str]) -> dict[str, float]:
+    """Answer accuracy per group of records, e.g. per kind of question (where, what colour, ...)."""
+    by_group: dict[str, list[bool]] = {}
     for record, reply in zip(records, replies):
-        by_kind.setdefault(record["meta"]["question_kinds"][0], []).append(is_right(record, reply))
-    return {kind: sum(right) / len(right) for kind, right in sorted(by_kind.items())}
+        by_group.setdefault(group(record), []).append(is_right(record, reply))
+    return {name: sum(right) / len(right) for name, right in sorted(by_group.items())}
+
+
+def question_kind(record: dict) -> str:
+    return record["meta"]["question_kinds"][0]
+
+
+def shape_count(record: dict) -> str:
+    """How many shapes the input image shows: two shapes ask the model to bind each attribute to
+    the right shape, which one shape never does."""
+    count = record["meta"]["image_shapes"]
+    return f"{NUMBER_WORDS[count]} shape{'s' * (count != 1)}"
 
 
 def score_images(records, replies) -> float:
@@ -96,7 +108,8 @@ def evaluate_shapes(model: GenLlava, seed: int = 1234, samples: int = 50, batch_
         replies = run_single_turn(model, records, batch_size, seed)
         results[task] = {"accuracy": score_answers(records, replies), "samples": samples}
         if task == "understanding":
-            results[task]["by_question_kind"] = accuracy_by_question_kind(records, replies)
+            results[task]["by_question_kind"] = accuracy_by(records, replies, question_kind)
+            results[task]["by_shape_count"] = accuracy_by(records, replies, shape_count)
         examples[task] = (records, replies)
         stages.update()
     for name, heldout in (("generation", False), ("generation_heldout", True)):

@@ -23,6 +23,7 @@ def _record(rid: str, task: str, conversations, image: Scene | None = None, targ
     if image is not None:
         record["image"] = render(image)
         record["meta"]["image_caption"] = image.caption()  # the input image in words (the world LM's corpus)
+        record["meta"]["image_shapes"] = len(image.shapes)
     if targets:
         record["target_image"] = list(targets)
         record["target_caption"] = [s.caption() for s in scenes]  # what each target shows, in words
