@@ -38,7 +38,9 @@ def parameter_groups(model: GenLlava, config: TrainConfig) -> list[dict]:
     groups = []
     for name, params in model.trainable_parameters().items():
         params = [p for p in params if p.requires_grad]
-        lr = config.learning_rate if name == "language_model" else config.new_modules_learning_rate or config.learning_rate
+        lr = config.learning_rate
+        if name != "language_model" and config.new_modules_learning_rate is not None:
+            lr = config.new_modules_learning_rate
         if name == "projector" and config.projector_learning_rate is not None:
             lr = config.projector_learning_rate
         groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay, "lr": lr},
