@@ -31,6 +31,22 @@ def _eval_shapes(args) -> None:
         print(f"{key:32s} {value:.3f}")
 
 
+def _eval_probe(args) -> None:
+    from .eval.probes import probe_model
+    from .model.modeling import GenLlava
+
+    result = probe_model(GenLlava.from_pretrained(args.model), args.kind, args.shapes, args.samples, args.seed)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{args.kind}, {args.shapes} shape(s), {args.samples} questions (a quarter held out for the probes)")
+    print(f"model's answer right        {result['model_accuracy']:.3f}   (most common answer: {result['chance']:.3f})")
+    print(f"probe: tower patches        {result['probe_tower']:.3f}")
+    print(f"probe: projected patches    {result['probe_projected']:.3f}")
+    for layer, accuracy in enumerate(result["probe_llm_layers"]):
+        print(f"probe: LLM layer {layer:<2d} state   {accuracy:.3f}   (at the position that predicts the answer)")
+
+
 def _chat(args) -> None:
     from .chat import ChatSession
     from .data.images import load_image
@@ -177,6 +193,14 @@ def parser() -> argparse.ArgumentParser:
     es.add_argument("--samples", type=int, default=50)
     es.add_argument("--out", required=True)
     es.set_defaults(run=_eval_shapes)
+    ep = esub.add_parser("probe", help="where answers about images get lost: linear probes along the model")
+    ep.add_argument("--model", required=True)
+    ep.add_argument("--kind", required=True, help="a question kind of the shapes world, e.g. shape_at_position")
+    ep.add_argument("--shapes", type=int, default=1, help="shapes per image: 1 or 2")
+    ep.add_argument("--samples", type=int, default=800)
+    ep.add_argument("--seed", type=int, default=3)
+    ep.add_argument("--out", default=None, help="also write the figures to this JSON file")
+    ep.set_defaults(run=_eval_probe)
 
     c = sub.add_parser("chat", help="talk with a model (a REPL without --message)")
     c.add_argument("--model", required=True)
