@@ -185,6 +185,18 @@ def test_eval_shapes_writes_the_six_metrics(saved_tiny_model, tmp_path, capsys):
         assert key in stdout
 
 
+def test_eval_probe_writes_the_probes_and_names_a_bad_kind(saved_tiny_model, tmp_path, capsys):
+    out = tmp_path / "probe.json"
+    code, stdout, err = run(capsys, "eval", "probe", "--model", saved_tiny_model, "--kind", "count", "--shapes", 2,
+                            "--samples", 12, "--out", out)
+    assert code == 0, err
+    payload = json.loads(out.read_text())
+    assert payload["kind"] == "count" and payload["shapes"] == 2 and payload["samples"] == 12
+    assert f"{payload['probe_tower']:.3f}" in stdout and "LLM layer 0" in stdout
+    code, _, err = run(capsys, "eval", "probe", "--model", saved_tiny_model, "--kind", "size")
+    assert code == 2 and len(error_lines(err)) == 1 and "size" in err and "shape_at_position" in err
+
+
 # ---- genllava shapes pretrain ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
