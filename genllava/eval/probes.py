@@ -4,8 +4,9 @@ For one kind of question (shapes.tasks.QUESTION_KINDS) about images of one or tw
 puts the model's own accuracy beside what a linear probe reads, on held-out questions, from the
 frozen tower's patches, from the projected patches, and from the LLM's hidden state at the
 position that predicts the answer's first word, layer by layer. A probe far above the model's
-accuracy means the answer got that far and was lost after it; a probe near chance means it
-never got there.
+accuracy means the answer got that far and was lost after it, or is still too faint there for
+the model to use (the probe standardises each dimension, which the model cannot); a probe near
+chance means it never got there.
 """
 
 from __future__ import annotations
