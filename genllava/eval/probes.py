@@ -21,6 +21,8 @@ from ..model.modeling import GenLlava
 from ..model.processor import IGNORE
 from ..shapes.tasks import QUESTION_KINDS, understanding
 
+TRAIN_SHARE = 0.75  # of the questions, for fitting the probes; the rest are held out
+
 
 def question_records(kind: str, shapes: int, count: int, seed: int) -> list[dict]:
     """`count` one-question understanding records of one kind about images of `shapes` shapes."""
@@ -49,7 +51,8 @@ def answer_states(model: GenLlava, records: list[dict], batch_size: int = 100) -
         batch = collate(examples[start:start + batch_size])
         ids, labels = batch["input_ids"].to(model.device), batch["labels"].to(model.device)
         tower = model.vision(batch["pixel_values"].to(model.device))
-        embeds = model.embed(ids, batch["pixel_values"].to(model.device))
+        projected = model.projector(tower)
+        embeds = model.embed_features(ids, projected)
         out = model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(model.device),
                                    output_hidden_states=True)
         rows = torch.arange(len(ids), device=ids.device)
@@ -57,13 +60,13 @@ def answer_states(model: GenLlava, records: list[dict], batch_size: int = 100) -
         at = (labels != IGNORE).int().argmax(1)
         parts["llm"].append(torch.stack([h[rows, at] for h in out.hidden_states], 1).float().cpu())
         parts["tower"].append(tower.mean(1).float().cpu())
-        parts["projected"].append(model.projector(tower).mean(1).float().cpu())
+        parts["projected"].append(projected.mean(1).float().cpu())
         target, predicted = labels[:, 1:], out.logits[:, :-1].argmax(-1)
         parts["right"].append(((predicted == target) | (target == IGNORE)).all(1).cpu())
     return {name: torch.cat(chunks) for name, chunks in parts.items()}
 
 
-def linear_probe(features: torch.Tensor, labels: list[str], train_share: float = 0.75, steps: int = 300,
+def linear_probe(features: torch.Tensor, labels: list[str], train_share: float = TRAIN_SHARE, steps: int = 300,
                  lr: float = 1e-2, weight_decay: float = 1e-3) -> float:
     """Held-out accuracy of a softmax-regression probe on standardised features (full batch, Adam,
     zero start: deterministic)."""
@@ -91,7 +94,7 @@ def probe_model(model: GenLlava, kind: str, shapes: int = 1, samples: int = 800,
     records = question_records(kind, shapes, samples, seed)
     answers = [r["meta"]["answers"][0] for r in records]
     states = answer_states(model, records)
-    held_out = answers[int(0.75 * samples):]
+    held_out = answers[int(TRAIN_SHARE * samples):]
     return {
         "kind": kind, "shapes": shapes, "samples": samples, "seed": seed,
         "model_accuracy": states["right"].float().mean().item(),

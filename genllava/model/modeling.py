@@ -143,13 +143,16 @@ class GenLlava(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        return self.embed_features(input_ids, None if pixel_values is None else self.projector(self.vision(pixel_values)))
+
+    def embed_features(self, input_ids: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+        """Word embeddings with projected patches (images, patches, width) in the image slots."""
         embeds = self.language_model.get_input_embeddings()(input_ids)
         slots = input_ids == self.processor.image_token_id
-        if pixel_values is None:
+        if features is None:
             if slots.any():
                 raise ValueError("the text holds image slots but no image was given")
             return embeds
-        features = self.projector(self.vision(pixel_values))
         if slots.sum() != features.shape[0] * features.shape[1]:
             raise ValueError(f"{int(slots.sum())} image slots for {features.shape[0]} images of {features.shape[1]} patches")
         return embeds.masked_scatter(slots.unsqueeze(-1), features.to(embeds.dtype))
