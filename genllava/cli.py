@@ -32,9 +32,10 @@ def _eval_shapes(args) -> None:
 
 
 def _eval_probe(args) -> None:
-    from .eval.probes import probe_model
+    from .eval.probes import check_request, probe_model
     from .model.modeling import GenLlava
 
+    check_request(args.kind, args.shapes, args.samples)  # before loading a model
     result = probe_model(GenLlava.from_pretrained(args.model), args.kind, args.shapes, args.samples, args.seed)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -195,6 +195,8 @@ def test_eval_probe_writes_the_probes_and_names_a_bad_kind(saved_tiny_model, tmp
     assert f"{payload['probe_tower']:.3f}" in stdout and "LLM layer 0" in stdout
     code, _, err = run(capsys, "eval", "probe", "--model", saved_tiny_model, "--kind", "size")
     assert code == 2 and len(error_lines(err)) == 1 and "size" in err and "shape_at_position" in err
+    code, _, err = run(capsys, "eval", "probe", "--model", saved_tiny_model, "--kind", "count", "--samples", 0)
+    assert code == 2 and len(error_lines(err)) == 1 and "--samples 0" in err
 
 
 # ---- genllava shapes pretrain ----------------------------------------------------------------------------

@@ -24,12 +24,19 @@ from ..shapes.tasks import QUESTION_KINDS, understanding
 TRAIN_SHARE = 0.75  # of the questions, for fitting the probes; the rest are held out
 
 
-def question_records(kind: str, shapes: int, count: int, seed: int) -> list[dict]:
-    """`count` one-question understanding records of one kind about images of `shapes` shapes."""
+def check_request(kind: str, shapes: int, samples: int = 8) -> None:
+    """A one-line ValueError for a question kind, shape count or sample count the probe cannot use."""
     if kind not in QUESTION_KINDS:
         raise ValueError(f"unknown question kind {kind!r}; choose one of {list(QUESTION_KINDS)}")
     if shapes not in (1, 2):
         raise ValueError(f"the shapes world draws 1 or 2 shapes per image, not {shapes}")
+    if samples < 8:
+        raise ValueError(f"--samples {samples} is too few to fit and check a probe; give at least 8 (800 by default)")
+
+
+def question_records(kind: str, shapes: int, count: int, seed: int) -> list[dict]:
+    """`count` one-question understanding records of one kind about images of `shapes` shapes."""
+    check_request(kind, shapes)
     rng, records = random.Random(seed), []
     while len(records) < count:
         record = understanding(rng, f"probe-{seed}-{len(records)}", long_answers=0.0, max_questions=1)
@@ -91,6 +98,7 @@ def linear_probe(features: torch.Tensor, labels: list[str], train_share: float =
 
 
 def probe_model(model: GenLlava, kind: str, shapes: int = 1, samples: int = 800, seed: int = 3) -> dict:
+    check_request(kind, shapes, samples)
     records = question_records(kind, shapes, samples, seed)
     answers = [r["meta"]["answers"][0] for r in records]
     states = answer_states(model, records)
