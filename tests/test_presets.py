@@ -200,6 +200,10 @@ def test_shipped_world_lm_answers_the_worlds_chats_in_words():
     scores = score_lm(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder), samples=50)
     assert scores["text"] >= 0.95 and scores["generation"] >= 0.95 and scores["editing"] >= 0.95
     assert scores["understanding"] >= 0.7
+    # The split by shape count covers every understanding question: one shape is read from words.
+    assert scores["understanding_one_shape"] >= 0.95
+    assert min(scores["understanding_one_shape"], scores["understanding_two_shapes"]) <= scores["understanding"] \
+        <= max(scores["understanding_one_shape"], scores["understanding_two_shapes"])
 
 
 def test_language_pretraining_is_the_same_with_batch_workers(tmp_path):

@@ -44,7 +44,11 @@ def batch_of(tokenizer: PreTrainedTokenizerBase, chats: list[list[str]]) -> dict
 def score_lm(model: MistralForCausalLM, tokenizer: PreTrainedTokenizerBase, samples: int = 200,
              seed: int = EVAL_SEED) -> dict[str, float]:
     """Exact-match accuracy of the LM's last answer in each task's chats, in words, with the
-    earlier turns given as the truth: what it brings to GenLLaVA before seeing a single image."""
+    earlier turns given as the truth: what it brings to GenLLaVA before seeing a single image.
+
+    Understanding is also split by the number of shapes in the scene: a two-shape question asks
+    the LM to select one shape by an attribute and report another, the skill that bounds what
+    GenLLaVA learns to read from two-shape images."""
     model.eval()
     scores = {}
     for task in TASKS:
@@ -55,7 +59,7 @@ def score_lm(model: MistralForCausalLM, tokenizer: PreTrainedTokenizerBase, samp
             cut = max(i for i, p in enumerate(pieces) if p == templates.ASSISTANT_PREFIX) + 1
             prompts.append([tokenizer.bos_token_id] + encode_pieces(tokenizer, pieces[:cut]))
             truths.append(pieces[cut].strip())
-        correct = 0
+        right = []
         for start in range(0, len(prompts), 50):
             chunk = prompts[start:start + 50]
             width = max(map(len, chunk))
@@ -63,9 +67,13 @@ def score_lm(model: MistralForCausalLM, tokenizer: PreTrainedTokenizerBase, samp
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
             out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=24, do_sample=False,
                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-            for row, truth in zip(out[:, width:], truths[start:start + 50]):
-                correct += tokenizer.decode(row, skip_special_tokens=True).strip() == truth
-        scores[task] = correct / len(prompts)
+            right += [tokenizer.decode(row, skip_special_tokens=True).strip() == truth
+                      for row, truth in zip(out[:, width:], truths[start:start + 50])]
+        scores[task] = sum(right) / len(right)
+        if task == "understanding":
+            for count, key in ((1, "understanding_one_shape"), (2, "understanding_two_shapes")):
+                chosen = [ok for ok, r in zip(right, records) if r["meta"]["image_shapes"] == count]
+                scores[key] = sum(chosen) / max(len(chosen), 1)
     model.train()
     return scores
 
