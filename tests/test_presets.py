@@ -194,7 +194,8 @@ def test_shipped_world_lm_answers_the_worlds_chats_in_words():
     what an image answer shows (its reading of a scene in words bounds understanding)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from genllava.shapes.pretrain_lm import score_lm
+    from genllava.shapes.pretrain_lm import EVAL_SEED, score_lm
+    from genllava.shapes.tasks import make_eval_records
 
     folder = presets.SHAPES_PRETRAINED / "language"
     scores = score_lm(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder), samples=50)
@@ -202,8 +203,11 @@ def test_shipped_world_lm_answers_the_worlds_chats_in_words():
     assert scores["understanding"] >= 0.7
     # The split by shape count covers every understanding question: one shape is read from words.
     assert scores["understanding_one_shape"] >= 0.95
-    assert min(scores["understanding_one_shape"], scores["understanding_two_shapes"]) <= scores["understanding"] \
-        <= max(scores["understanding_one_shape"], scores["understanding_two_shapes"])
+    shapes = [r["meta"]["image_shapes"] for r in make_eval_records("understanding", 50, EVAL_SEED)]
+    one, two = shapes.count(1), shapes.count(2)
+    assert one + two == 50 and one > 0 and two > 0
+    weighted = (one * scores["understanding_one_shape"] + two * scores["understanding_two_shapes"]) / 50
+    assert weighted == pytest.approx(scores["understanding"])
 
 
 def test_language_pretraining_is_the_same_with_batch_workers(tmp_path):
