@@ -149,7 +149,7 @@ def _pretrain(args) -> None:
     if args.component in ("decoder", "language"):
         options.update(evaluate=not args.no_eval)
     if args.component == "language":
-        options.update(workers=args.workers)
+        options.update(workers=args.workers, corpus=args.corpus, init_from=args.init_from, lr=args.lr)
     print(run(out, tokenizer, seed=args.seed, **{k: v for k, v in options.items() if v is not None}))
 
 
@@ -239,8 +239,9 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--vae-steps", type=int, default=None, help="decoder only: autoencoder steps")
     pre.add_argument("--no-eval", action="store_true", help="decoder, language: skip the final scoring")
     pre.add_argument("--workers", type=int, default=0, help="language only: processes that build batches")
-    pre.add_argument("--init-from", default=None, help="decoder only: continue training a saved decoder")
-    pre.add_argument("--lr", type=float, default=None, help="decoder only: peak learning rate")
+    pre.add_argument("--init-from", default=None, help="decoder, language: continue training a saved one")
+    pre.add_argument("--lr", type=float, default=None, help="decoder, language: peak learning rate")
+    pre.add_argument("--corpus", default="chats", help="language only: chats (first stage) | reading (second)")
     pre.add_argument("--seed", type=int, default=0)
     pre.set_defaults(run=_pretrain)
     return p

@@ -252,6 +252,27 @@ def test_pretrained_language_model_loads(pretrained_by_cli):
     assert not model.config.tie_word_embeddings
 
 
+def test_language_reading_stage_continues_a_saved_lm(pretrained_by_cli, tmp_path, capsys):
+    """`--init-from` starts from the first stage's weights (not a fresh LM), `--corpus reading`
+    reaches the run, and the report keeps the first stage's report."""
+    import torch
+    from transformers import MistralForCausalLM
+
+    first = pretrained_by_cli["language"]
+    out = tmp_path / "reading"
+    code, _, err = run(capsys, "shapes", "pretrain", "language", "--init-from", first, "--corpus", "reading",
+                       "--tokenizer", pretrained_by_cli["tokenizer"], "--out", out, "--steps", 2, "--batch", 2,
+                       "--lr", 1e-4, "--no-eval")
+    assert code == 0, err
+    report = json.loads((out / "pretrain_report.json").read_text())
+    assert report["corpus"] == "reading" and report["lr"] == 1e-4
+    assert report["init_from"] == json.loads((first / "pretrain_report.json").read_text())
+    before, after = MistralForCausalLM.from_pretrained(first), MistralForCausalLM.from_pretrained(out)
+    moved = [(a - b).abs().max().item() for a, b in zip(after.parameters(), before.parameters())]
+    # Two small steps from the first stage: every weight stays close, and training moved some.
+    assert max(moved) < 0.05 and max(moved) > 0
+
+
 def test_pretrained_decoder_loads(pretrained_by_cli):
     from genllava.model.decoder import DiffusionDecoder
 

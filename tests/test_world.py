@@ -306,3 +306,30 @@ def test_understanding_records_name_the_kind_of_each_question():
             assert re.search(KIND_WORDING[kind], question), (kind, question)
             seen.add(kind)
     assert seen == set(QUESTION_KINDS) | {"description"}
+
+
+def test_reading_corpus_is_rich_in_two_shape_questions_and_labels_only_answers():
+    """The LM's second stage: seeded chats, most understanding images with two shapes, and with
+    `answers_only` the labels are exactly the assistant's answers, each closed by </s>."""
+    from transformers import AutoTokenizer
+
+    from genllava import presets
+    from genllava.shapes.corpus import READING_MAX_QUESTIONS, chat_in_words, reading_corpus, reading_record
+    from genllava.shapes.pretrain_lm import batch_of
+
+    chats = list(reading_corpus(50, seed=3))
+    assert chats == list(reading_corpus(50, seed=3)) and chats != list(reading_corpus(50, seed=4))
+    rng = random.Random(0)
+    records = [reading_record(rng, str(i)) for i in range(600)]
+    seen = [r for r in records if r["meta"]["task"] == "understanding"]
+    two = sum(r["meta"]["image_shapes"] == 2 for r in seen) / len(seen)
+    assert 0.65 < two < 0.85  # half drawn with two shapes, the other half as usual (one or two)
+    assert max(len(r["meta"]["answers"]) for r in seen) == READING_MAX_QUESTIONS
+
+    tokenizer = AutoTokenizer.from_pretrained(presets.SHAPES_PRETRAINED / "tokenizer")
+    record = next(r for r in seen if len(r["meta"]["answers"]) > 2)
+    batch = batch_of(tokenizer, [chat_in_words(record)], answers_only=True)
+    labelled = tokenizer.decode(batch["labels"][0][batch["labels"][0] != -100])
+    assert labelled == "".join(f" {a}</s>" for a in record["meta"]["answers"])
+    everything = batch_of(tokenizer, [chat_in_words(record)])["labels"][0]
+    assert (everything != -100).sum() == batch["attention_mask"].sum() - 1  # all but <s>

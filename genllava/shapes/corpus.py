@@ -7,7 +7,7 @@ from typing import Iterator
 
 from ..data import templates
 from ..data.conversation import ASSISTANT, parse_record
-from .tasks import GENERATORS, make_records, scene_question, text_task
+from .tasks import GENERATORS, make_records, scene_question, text_task, understanding
 from .world import random_scene
 
 
@@ -70,3 +70,28 @@ def chat_corpus(count: int, seed: int) -> Iterator[list[str]]:
     """`count` chats of the world in words, from the same task generators GenLLaVA trains on."""
     for record in make_records(count, seed, CHAT_MIX):
         yield chat_in_words(record)
+
+
+# A second, shorter stage for the chat LM: the same chats, but most images hold two shapes and each
+# carries up to six questions. Reading "the colour of the square" in a two-shape caption means
+# selecting one shape by one attribute and reporting another; the first stage's mix holds too few
+# such questions for a 4-layer LM to learn it, and GenLLaVA cannot read two-shape images any
+# better than its LM reads their captions.
+READING_MIX = {"understanding": 0.6, "text": 0.1, "generation": 0.1, "editing": 0.1, "multiturn": 0.1}
+READING_TWO_SHAPE_SHARE = 0.5  # of understanding images drawn with two shapes; the rest as usual
+READING_MAX_QUESTIONS = 6
+
+
+def reading_record(rng: random.Random, rid: str) -> dict:
+    task = rng.choices(list(READING_MIX), list(READING_MIX.values()))[0]
+    if task != "understanding":
+        return GENERATORS[task](rng, rid)
+    min_shapes = 2 if rng.random() < READING_TWO_SHAPE_SHARE else 1
+    return understanding(rng, rid, long_answers=0.1, max_questions=READING_MAX_QUESTIONS, min_shapes=min_shapes)
+
+
+def reading_corpus(count: int, seed: int) -> Iterator[list[str]]:
+    """`count` chats of the reading stage in words (see READING_MIX)."""
+    rng = random.Random(seed)
+    for i in range(count):
+        yield chat_in_words(reading_record(rng, f"reading-{seed}-{i}"))

@@ -70,10 +70,11 @@ def scene_question(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
     return f"Is there a {probe.color} {probe.shape}?", "yes" if present else "no", name
 
 
-def understanding(rng: random.Random, rid: str, long_answers: float = 0.15, max_questions: int = 3) -> dict:
+def understanding(rng: random.Random, rid: str, long_answers: float = 0.15, max_questions: int = 3,
+                  min_shapes: int = 1) -> dict:
     """Questions about one image: a description, or 1..max_questions short questions in turns
     (as LLaVA-1.5 packs several VQA questions about an image into one conversation)."""
-    scene = random_scene(rng)
+    scene = random_scene(rng, min_shapes=min_shapes)
     if rng.random() < long_answers:  # long answer: a caption
         asked = [(LONG_VQA.format(question="Describe the image."), scene.caption() + ".", "description")]
     else:

@@ -70,19 +70,19 @@ def random_shape(rng: random.Random, allow_heldout: bool = True, position: str |
             return s
 
 
-def random_scene(rng: random.Random, max_shapes: int = 2, allow_heldout: bool = True) -> Scene:
-    """A scene of 1..max_shapes shapes at distinct positions, listed in position order.
+def random_scene(rng: random.Random, max_shapes: int = 2, allow_heldout: bool = True, min_shapes: int = 1) -> Scene:
+    """A scene of min_shapes..max_shapes shapes at distinct positions, listed in position order.
 
     Shapes in one scene differ in colour and in kind, so "the circle" or "the red shape" always
     names one shape, and two blobs of one colour never merge for the detector.
     """
-    n = rng.randint(1, max_shapes)
+    n = rng.randint(min_shapes, max_shapes)
     positions = rng.sample(list(POSITIONS), n)
     colors = rng.sample(list(COLORS), n)
     kinds = rng.sample(SHAPES, n)
     shapes = [Shape(c, k, p) for c, k, p in zip(colors, kinds, positions)]
     if not allow_heldout and any(is_heldout(s) for s in shapes):
-        return random_scene(rng, max_shapes, allow_heldout)
+        return random_scene(rng, max_shapes, allow_heldout, min_shapes)
     shapes.sort(key=lambda s: list(POSITIONS).index(s.position))
     return Scene(tuple(shapes))
 
