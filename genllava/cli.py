@@ -241,7 +241,7 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--workers", type=int, default=0, help="language only: processes that build batches")
     pre.add_argument("--init-from", default=None, help="decoder, language: continue training a saved one")
     pre.add_argument("--lr", type=float, default=None, help="decoder, language: peak learning rate")
-    pre.add_argument("--corpus", default="chats", help="language only: chats (first stage) | reading (second)")
+    pre.add_argument("--corpus", default="chats", choices=["chats", "reading"], help="language only: chats (first stage) | reading (second)")
     pre.add_argument("--seed", type=int, default=0)
     pre.set_defaults(run=_pretrain)
     return p
