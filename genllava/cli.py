@@ -84,31 +84,65 @@ def _one_image(args, instruction: str, image_path: str | None) -> None:
 
 
 def _train(args) -> None:
+    import os
+
+    import torch
+
     from . import presets
     from .data.collate import SkipReport, prepare
     from .model.modeling import GenLlava
-    from .shapes.tasks import make_records
-    from .train.sampling import StreamedExamples
+    from .train.engine import mixed_precision
     from .train.trainer import train
 
     model_config, train_config = presets.preset(args.preset)
-    if args.steps is not None:
-        train_config.max_steps = args.steps
-    train_config.seed = args.seed
-    model = GenLlava.from_pretrained(Path(args.resume) / "model") if args.resume else GenLlava.build(model_config)
-    skipped = SkipReport()
+    if args.preset != "shapes" and not args.data:
+        raise ValueError(f"--preset {args.preset} trains on a built mixture: give --data DIR "
+                         "(`genllava data build`); only the shapes preset makes its own data")
     if args.data:
-        from .data.shards import iter_records, read_manifest
+        from .data.shards import read_manifest
 
         read_manifest(args.data)  # fails early, in one line, on a folder that is not a built mixture
-        examples = StreamedExamples(lambda epoch: prepare(iter_records(args.data, seed=args.seed * 1000 + epoch),
-                                                          model.processor, skipped))
+    for field, value in (("max_steps", args.steps), ("checkpoint_every", args.save_every),
+                         ("keep_checkpoints", args.keep), ("dataloader_workers", args.workers),
+                         ("micro_batch_size", args.micro_batch), ("global_batch_size", args.global_batch)):
+        if value is not None:
+            if value < (0 if field in ("checkpoint_every", "keep_checkpoints", "dataloader_workers") else 1):
+                raise ValueError(f"--{field.replace('_', '-')} must be positive, got {value}")
+            setattr(train_config, field, value)
+    train_config.seed = args.seed
+    torch.manual_seed(args.seed)  # before the build: the new modules' first weights follow --seed
+    # Frozen parts in bf16 when training in bf16; FSDP shards them with the fp32 trainable ones and
+    # wants one dtype per unit, so there they stay fp32 (its mixed-precision policy casts them).
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    bf16 = mixed_precision(train_config.mixed_precision) == "bf16" and not fsdp
+    model = GenLlava.build(model_config, dtype=torch.bfloat16 if bf16 else None)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        # fp32 master weights for what trains (autocast computes in bf16); DeepSpeed keeps its own
+        # fp32 copy of a bf16 LM, as loaded from Mistral's bf16 checkpoint.
+        model.language_model.float()
+    if args.lora:
+        from .train.lora import apply_lora
+
+        apply_lora(model)
+    skipped = SkipReport()
+    if args.data:
+        from .train.batches import MixtureExamples
+
+        examples = MixtureExamples(args.data, model.processor)
     else:
+        from .shapes.tasks import make_records
+
         count = train_config.max_steps * train_config.global_batch_size
         examples = list(prepare(make_records(count, args.seed), model.processor, skipped))
-    train(model, examples, train_config, args.out, resume=args.resume)
-    model.save_pretrained(Path(args.out) / "model")
-    print(f"saved {Path(args.out) / 'model'}; skipped records: {skipped.total} {dict(skipped.counts)}")
+    history = train(model, examples, train_config, args.out, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0 and history:
+        print(f"saved {Path(args.out) / 'model'}; final loss {history[-1]['loss']:.4f}")
+
+
+def _merge_lora(args) -> None:
+    from .train.lora import merge_lora
+
+    print(f"saved {merge_lora(args.model, args.out)}")
 
 
 def _data_build(args) -> None:
@@ -153,6 +187,12 @@ def _pretrain(args) -> None:
     print(run(out, tokenizer, seed=args.seed, **{k: v for k, v in options.items() if v is not None}))
 
 
+def presets_names() -> list[str]:
+    from .presets import PRESETS
+
+    return list(PRESETS)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genllava", description="Generative visual instruction tuning: one model "
                                 "that understands, generates and edits images.")
@@ -166,14 +206,27 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(run=_quickstart)
 
-    t = sub.add_parser("train", help="single-stage GenLLaVA training")
-    t.add_argument("--preset", default="shapes", help="shapes | genllava-mistral-7b")
-    t.add_argument("--data", default=None, help="a mixture built by `genllava data build` (default: shapes world)")
-    t.add_argument("--out", required=True)
-    t.add_argument("--steps", type=int, default=None)
-    t.add_argument("--resume", default=None, help="a checkpoint folder OUT/checkpoints/step-N")
-    t.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser("train", help="single-stage GenLLaVA training (under `accelerate launch` for many GPUs)")
+    t.add_argument("--preset", default="shapes", choices=sorted(presets_names()),
+                   help="the recipe: model parts and optimisation (genllava-mistral-7b is the paper's)")
+    t.add_argument("--data", default=None, help="a mixture built by `genllava data build` (required but for shapes)")
+    t.add_argument("--out", required=True, help="run folder: checkpoints/step-N and the final model/")
+    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
+    t.add_argument("--resume", default=None, help="`latest` (newest complete checkpoint under --out) or OUT/checkpoints/step-N")
+    t.add_argument("--save-every", type=int, default=None, help="checkpoint every N optimizer steps (and at the end)")
+    t.add_argument("--keep", type=int, default=None, help="keep the newest K checkpoints (0: all; default 3)")
+    t.add_argument("--lora", action="store_true", help="LoRA on the LM (r=128, alpha=256, dropout 0.05); "
+                   "projector, head and new token rows train fully")
+    t.add_argument("--workers", type=int, default=None, help="data loader worker processes (default: the preset's)")
+    t.add_argument("--micro-batch", type=int, default=None, help="samples per device per forward")
+    t.add_argument("--global-batch", type=int, default=None, help="samples per optimizer step, over all devices")
+    t.add_argument("--seed", type=int, default=0, help="seeds the new modules, the data order and the noise")
     t.set_defaults(run=_train)
+
+    ml = sub.add_parser("merge-lora", help="fold a LoRA model's adapter into its LM: a plain model folder")
+    ml.add_argument("--model", required=True, help="a model folder saved after apply_lora (language_model_adapter/)")
+    ml.add_argument("--out", required=True)
+    ml.set_defaults(run=_merge_lora)
 
     data = sub.add_parser("data", help="build and check training mixtures (GVIT-mix)")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -258,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as err:
+        if type(err).__name__ == "OutOfMemoryError":  # not the user's mistake: keep the cause, add a hint
+            print("error: out of device memory; lower --micro-batch (accumulation keeps the global batch), "
+                  "or launch with configs/accelerate/deepspeed_zero3.yaml (docs/training.md)", file=sys.stderr)
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -26,16 +26,13 @@ def shapes() -> tuple[GenLlavaConfig, TrainConfig]:
         # The layout is decided at high noise (see DiffusionDecoder.training_timesteps): train the
         # head's conditioning where it matters most.
         diffusion_high_noise_share=0.5,
-        # The diffusion gradient through the frozen UNet is noisy: at weight 1 it kept the head
-        # from fitting the position words (align loss 0.72 after 700 steps, generation 0.46);
-        # at 0.1 the align loss fell to 0.01 and generation reached 1.00. It still trains end to end.
+        # The diffusion gradient through the frozen UNet is noisy; a small weight lets the head fit
+        # the caption's words while the diffusion loss still trains it end to end
+        # (docs/findings/2026-11-27-shapes-recipe.md).
         diffusion_loss_weight=0.1)
-    # Batch 16 for 1,400 steps sees the same samples as 32 for 700 in the same time, with twice
-    # the updates: generation 1.00 and editing 1.00 against 0.66 and 0.48 (same mix, one run each).
-    # The projector at 1e-2: at 1e-3 the model read colour and position but not shape ("What shape is
-    # at ...?" 0.39, "How many ...?" 0.41 on 200 questions); at 1e-2 those were 0.61 and 1.00 and
-    # understanding went from 0.675 to 0.79, generation and editing from 0.765 and 0.71 to 1.00 (one run each,
-    # seed 0). On training seed 1 it did not help (understanding 0.645 -> 0.615, editing 0.775 -> 0.555).
+    # Small batches, many updates: the generation head wants steps more than samples. The new
+    # projector learns fastest, the pretrained LLM slowest. The runs behind these values:
+    # docs/findings/2026-11-27-shapes-recipe.md (and -seeds.md for how they vary by seed).
     train = TrainConfig(learning_rate=3e-4, new_modules_learning_rate=1e-3, projector_learning_rate=1e-2,
                         weight_decay=0.01, max_grad_norm=1.0,
                         warmup_ratio=0.03, global_batch_size=16, micro_batch_size=16, max_steps=1400, seed=0)
@@ -46,13 +43,34 @@ def genllava_mistral_7b() -> tuple[GenLlavaConfig, TrainConfig]:
     model = GenLlavaConfig(
         vision_tower="google/siglip-large-patch16-384", language_model="mistralai/Mistral-7B-Instruct-v0.2",
         decoder="CompVis/stable-diffusion-v1-4", max_length=2048,
-        head=HeadConfig(width=512, heads=8, encoder_layers=4, decoder_layers=4, num_queries=77))
+        head=HeadConfig(width=512, heads=8, encoder_layers=4, decoder_layers=4, num_queries=77),
+        # LLaVA's LM loss: one mean over every labelled token of the batch (docs/paper.md).
+        lm_loss_reduction="token")
     train = TrainConfig(learning_rate=2e-5, weight_decay=0.1, max_grad_norm=1.0, warmup_ratio=0.03,
-                        global_batch_size=128, micro_batch_size=4, max_steps=16_000, mixed_precision="auto")
+                        global_batch_size=128, micro_batch_size=4, max_steps=16_000, mixed_precision="auto",
+                        gradient_checkpointing=True)
     return model, train
 
 
-PRESETS = {"shapes": shapes, "genllava-mistral-7b": genllava_mistral_7b}
+def tiny_mistral() -> tuple[GenLlavaConfig, TrainConfig]:
+    """The paper's recipe on `tiny-mistral`: SigLIP, Mistral and SD v1.4 with their real classes and layouts,
+    scaled down and randomly initialised (genllava.tiny), built once into a cache. For testing training
+    and loading paths (multi-GPU included) on a CPU; it learns nothing useful."""
+    from dataclasses import replace
+
+    from .tiny import tiny_components
+
+    root = tiny_components()
+    model, train = genllava_mistral_7b()
+    model = replace(model, vision_tower=str(root / "vision"), language_model=str(root / "language"),
+                    decoder=str(root / "decoder"), max_length=256, inference_steps=2,
+                    head=HeadConfig(width=32, heads=2, encoder_layers=1, decoder_layers=1, num_queries=77))
+    # A learning rate high enough that four steps visibly move the loss.
+    train = replace(train, learning_rate=1e-3, global_batch_size=8, micro_batch_size=2, max_steps=4)
+    return model, train
+
+
+PRESETS = {"shapes": shapes, "genllava-mistral-7b": genllava_mistral_7b, "tiny-mistral": tiny_mistral}
 
 
 def preset(name: str) -> tuple[GenLlavaConfig, TrainConfig]:

@@ -89,8 +89,7 @@ def quickstart(out: str | Path, *, mix: str = "full", steps: int | None = None, 
     skipped = SkipReport()
     examples = list(tqdm(prepare(records, model.processor, skipped), total=count, desc="encode records"))
     log(f"[3/5] training {train_config.max_steps} steps")
-    history = train(model, examples, train_config, out, log=log)
-    model.save_pretrained(out / "model")
+    history = train(model, examples, train_config, out, log=log)  # also writes out/model
     log(f"      saved the model to {out / 'model'}")
     log(f"[4/5] evaluating on a fresh seed ({EVAL_SEED}), {eval_samples} samples per task")
     results, shown = evaluate_shapes(model, EVAL_SEED, eval_samples, log=log)

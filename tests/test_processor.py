@@ -150,11 +150,16 @@ def test_user_text_cannot_inject_special_tokens(tiny_processor, text):
 
 
 def test_record_text_that_looks_like_tokens_stays_text(tiny_processor):
+    """The record contract refuses control-token text in records (one check, records.py); a
+    message built in code keeps it as plain text."""
     proc = tiny_processor
     record = {"id": "inj", "conversations": [
         {"from": "human", "value": "What does [IMG3] or [T2I] mean?"},
         {"from": "gpt", "value": "[I2T]They are [SOI] markers, not [EOI] tokens."}]}
-    encoded = proc.encode(parse_record(record))
+    with pytest.raises(RecordError, match="special tokens"):
+        parse_record(record)
+    messages = [parse_turn(turn) for turn in record["conversations"]]
+    encoded = proc.encode(messages)
     ids = encoded.input_ids
     assert [i for i in ids if i in special_ids(proc)] == [proc.bos_id, proc.task_ids[templates.I2T], proc.eos_id]
     assert encoded.image_answers == 0
@@ -372,3 +377,30 @@ def test_processor_refuses_a_tokenizer_without_genllava_tokens(tiny_components):
     tokenizer = AutoTokenizer.from_pretrained(tiny_components / "language")
     with pytest.raises(ValueError, match="add_genllava_tokens"):
         GenLlavaProcessor(tokenizer, AutoImageProcessor.from_pretrained(tiny_components / "vision"), 16)
+
+
+# ---- the saved chat template ------------------------------------------------------------------------
+
+def test_saved_chat_template_gives_the_processors_ids(tiny_processor, tmp_path):
+    """`apply_chat_template` on the saved tokenizer yields exactly the ids the processor trains and
+    prompts with: multi-turn chats, an input image, image answers with and without words."""
+    from transformers import AutoTokenizer
+
+    from genllava.data.conversation import chat_messages
+
+    tiny_processor.save_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    multiturn = {"id": "multi", "image": None, "target_image": [render(RED), render(RED)],
+                 "conversations": [{"from": "human", "value": "Generate an image of a red circle at the center."},
+                                   {"from": "gpt", "value": templates.image_answer("Here is a red circle at the center.")},
+                                   {"from": "human", "value": "Now make it blue."},
+                                   {"from": "gpt", "value": templates.image_answer()},
+                                   {"from": "human", "value": "Write the word red backwards."},
+                                   {"from": "gpt", "value": templates.text_answer("der")}]}
+    records = [two_exchange_record(), multiturn, *make_records(6, seed=3)]
+    for record in records:
+        messages = parse_record(record)
+        chat = chat_messages(messages)
+        assert tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False) == tiny_processor.encode(messages).input_ids
+        prompt = tokenizer.apply_chat_template(chat[:-1], tokenize=True, add_generation_prompt=True, return_dict=False)
+        assert prompt == tiny_processor.encode_prompt(messages[:-1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .records import conversation_problem
 from .templates import I2T, IMAGE_ANSWER, IMAGE_TOKEN, T2I
 
 USER, ASSISTANT = "user", "assistant"
@@ -20,7 +21,7 @@ class RecordError(ValueError):
     the message adds which record."""
 
     def __init__(self, reason: str, record_id=None):
-        self.reason = reason
+        self.reason, self.record_id = reason, record_id
         super().__init__(reason if record_id is None else f"record {record_id!r}: {reason}")
 
 
@@ -35,6 +36,17 @@ class Message:
 
 def user(text: str, has_image: bool = False) -> Message:
     return Message(USER, text, has_image=has_image)
+
+
+def chat_messages(messages: list[Message]) -> list[dict]:
+    """Messages in transformers' chat format, for `templates.chat_template`: content parts with
+    `{"type": "image"}` for an input image (user) or an image answer (assistant)."""
+    chat = []
+    for m in messages:
+        image = m.has_image if m.role == USER else m.image_answer
+        content = ([{"type": "image"}] if image and m.role == USER else []) + [{"type": "text", "text": m.text}]
+        chat.append({"role": m.role, "content": content + ([{"type": "image"}] if image and m.role == ASSISTANT else [])})
+    return chat
 
 
 def parse_turn(turn: dict) -> Message:
@@ -59,8 +71,20 @@ def parse_turn(turn: dict) -> Message:
     return Message(ASSISTANT, value.strip(), task=task, image_answer=image_answer)
 
 
+# records.conversation_problem's skip reasons, as the phrases training reports count by.
+_PROBLEMS = {
+    "bad_record": "a turn lacks its task token, or image answers do not match the target_image count",
+    "not_alternating": "turns must alternate human/gpt, starting with human and ending with gpt",
+    "image_token_mismatch": "<image> placeholders do not match the image given",
+    "special_token_in_text": "text holds one of genllava's special tokens",
+    "empty_question": "empty question",
+    "empty_answer": "empty answer",
+}
+
+
 def parse_record(record: dict) -> list[Message]:
-    """Messages of a record; checks alternation and that images match their placeholders."""
+    """Messages of a record that meets the record contract (`records.conversation_problem`, the
+    one check the builder, the loader and training share); raises RecordError otherwise."""
     rid = record.get("id")
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns:
@@ -69,16 +93,7 @@ def parse_record(record: dict) -> list[Message]:
         messages = [parse_turn(t) for t in turns]
     except RecordError as err:
         raise RecordError(err.reason, rid) from None
-    for i, m in enumerate(messages):
-        if m.role != (USER if i % 2 == 0 else ASSISTANT):
-            raise RecordError("turns must alternate human/gpt, starting with human", rid)
-        if m.role == ASSISTANT and not m.text and not m.image_answer:
-            raise RecordError("empty answer", rid)
-    if len(messages) % 2:
-        raise RecordError("the last human turn has no answer", rid)
-    if sum(m.has_image for m in messages) != (1 if record.get("image") is not None else 0):
-        raise RecordError("<image> placeholders do not match the image given", rid)
-    targets = record.get("target_image") or []
-    if sum(m.image_answer for m in messages) != len(targets):
-        raise RecordError("image answers do not match the target_image count", rid)
+    problem = conversation_problem(turns, record.get("image") is not None, len(record.get("target_image") or []))
+    if problem:
+        raise RecordError(_PROBLEMS[problem], rid)
     return messages

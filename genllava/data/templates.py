@@ -27,21 +27,38 @@ TURN_SEPARATOR = "\n"
 # tokenize as the language model saw them in pretraining ("ASSISTANT: 7" -> "ASSISTANT", ":", " 7").
 CONTENT_LEAD = " "
 
-# The same layout as a Jinja chat template, saved with the tokenizer for apply_chat_template users.
-# (GenLlavaProcessor builds ids piece by piece instead, so user text can never become a control
-# token; it also expands the single <image> into one token per patch.)
-CHAT_TEMPLATE = (
-    "{{ bos_token }}" + SYSTEM_PROMPT + "\n\n"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}" + USER_PREFIX +
-    "{% if message['content'] is string %}" + CONTENT_LEAD + "{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}" + IMAGE_TOKEN + "\n{% else %}" + CONTENT_LEAD + "{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}" + TURN_SEPARATOR +
-    "{% else %}" + ASSISTANT_PREFIX + "{{ message['content'] }}{{ eos_token }}" + TURN_SEPARATOR + "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}" + ASSISTANT_PREFIX + "{% endif %}"
-)
+
+def chat_template(image_seq_length: int) -> str:
+    """GenLlavaProcessor's layout as a Jinja chat template, saved with the tokenizer for
+    `apply_chat_template` users; on the same messages it yields the processor's exact ids.
+
+    Messages use transformers' content parts (see `conversation.chat_messages`): a user's
+    `{"type": "image"}` part becomes `image_seq_length` `<image>` slots; an assistant whose content
+    holds an image part answers `[T2I]` with the image block, else `[I2T]`. Unlike the processor,
+    the template cannot keep typed control-token text such as "[IMG3]" from becoming a token, and
+    it matches the processor only where the tokenizer does not merge across the pieces the
+    processor tokenizes apart (true of byte-level BPE, as tests/test_processor.py checks).
+    """
+    # Whitespace goes in as expressions: transformers renders templates with trim_blocks, which
+    # would drop a literal newline that follows a block tag.
+    lead = "{% if part['text'] %}{{ " + repr(CONTENT_LEAD) + " + part['text'] }}{% endif %}"
+    sep = "{{ " + repr(TURN_SEPARATOR) + " }}"
+    parts = "{% set parts = [{'type': 'text', 'text': message['content']}] if message['content'] is string else message['content'] %}"
+    return (
+        "{{ bos_token }}{{ " + repr(SYSTEM_PROMPT + "\n\n") + " }}"
+        "{% for message in messages %}" + parts +
+        "{% if message['role'] == 'user' %}" + USER_PREFIX +
+        "{% for part in parts %}{% if part['type'] == 'image' %}" + IMAGE_TOKEN * image_seq_length + sep +
+        "{% else %}" + lead + "{% endif %}{% endfor %}" + sep +
+        "{% else %}" + ASSISTANT_PREFIX +
+        "{% if parts | selectattr('type', 'equalto', 'image') | list %}" + T2I + "{% else %}" + I2T + "{% endif %}"
+        "{% for part in parts %}{% if part['type'] == 'text' %}" + lead + "{% endif %}{% endfor %}"
+        "{% if parts | selectattr('type', 'equalto', 'image') | list %}" + IMAGE_ANSWER + "{% endif %}"
+        "{{ eos_token }}" + sep + "{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}" + ASSISTANT_PREFIX + "{% endif %}"
+    )
+
 
 # Figure A1 of the paper: how each kind of instruction is phrased.
 SHORT_VQA = "{question}\nAnswer the question using a single word or phrase."

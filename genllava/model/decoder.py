@@ -25,13 +25,19 @@ class DiffusionDecoder(nn.Module):
         self.noise_scheduler = DDPMScheduler.from_config(scheduler.config)  # the training noise schedule
 
     @classmethod
-    def from_pretrained(cls, path: str, text_encoder: bool = True, **kwargs) -> "DiffusionDecoder":
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kwargs)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kwargs)
+    def from_pretrained(cls, path: str, text_encoder: bool = True, dtype: torch.dtype | None = None,
+                        **kwargs) -> "DiffusionDecoder":
+        """`dtype` loads the weights in that dtype (e.g. torch.bfloat16, half the memory). diffusers'
+        models take it as `torch_dtype` (its `dtype` alias is newer than diffusers 0.35), transformers 5's
+        text encoder as `dtype` (`torch_dtype` is deprecated there); the scheduler and tokenizer take neither."""
+        weights = {} if dtype is None else {"torch_dtype": dtype}
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **weights, **kwargs)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **weights, **kwargs)
         scheduler = DPMSolverMultistepScheduler.from_pretrained(path, subfolder="scheduler", **kwargs)
         encoder = tokenizer = None
         if text_encoder:
-            encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kwargs)
+            encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder",
+                                                    **({} if dtype is None else {"dtype": dtype}), **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer", **kwargs)
         return cls(unet, vae, scheduler, encoder, tokenizer)
 
@@ -68,7 +74,7 @@ class DiffusionDecoder(nn.Module):
         return latents * self.vae.config.scaling_factor
 
     def decode_latents(self, latents: torch.Tensor) -> list[Image.Image]:
-        pixels = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        pixels = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
         pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(p) for p in pixels]
 
@@ -94,8 +100,8 @@ class DiffusionDecoder(nn.Module):
 
         Where things go in the image is decided there: at lower noise a small latent still shows
         it, so under uniform sampling a UNet learns to read the layout from the noise rather than
-        from its conditioning (the shapes decoder's position accuracy stayed at chance for 3,300
-        steps; with half its timesteps drawn from the noisiest tenth it reached 1.0 in 1,500).
+        from its conditioning (docs/findings/2026-11-26-shapes-pretraining.md). 0 keeps SD's
+        uniform sampling.
         """
         total = self.noise_scheduler.config.num_train_timesteps
         uniform = torch.randint(0, total, (batch,), generator=generator, device=device)
@@ -108,6 +114,9 @@ class DiffusionDecoder(nn.Module):
     def loss(self, latents: torch.Tensor, conditioning: torch.Tensor, generator: torch.Generator | None = None,
              high_noise_share: float = 0.0) -> torch.Tensor:
         """Per-sample diffusion loss; its target follows the scheduler's prediction_type."""
+        # Noise, noising and target in fp32 whatever the VAE/UNet hold (as diffusers' training scripts);
+        # only the UNet's inputs are cast to its dtype. A no-op for an fp32 decoder.
+        latents = latents.float()
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         t = self.training_timesteps(latents.shape[0], generator, latents.device, high_noise_share)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
@@ -119,7 +128,8 @@ class DiffusionDecoder(nn.Module):
             target = self.noise_scheduler.get_velocity(latents, noise, t)
         else:
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
-        predicted = self.unet(noisy, t, encoder_hidden_states=conditioning.to(self.unet.dtype)).sample
+        dtype = self.unet.dtype
+        predicted = self.unet(noisy.to(dtype), t, encoder_hidden_states=conditioning.to(dtype)).sample
         return F.mse_loss(predicted.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
 
     # ---- sampling ----------------------------------------------------------------------------
@@ -137,21 +147,23 @@ class DiffusionDecoder(nn.Module):
         timesteps = scheduler.timesteps
         size = self.unet.config.sample_size
         shape = (batch, self.unet.config.in_channels, size, size)
-        latents = torch.randn(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        # The latents and the scheduler's step stay fp32 (DPM-Solver upcasts its sample to fp32 anyway);
+        # the UNet's inputs are cast to its dtype and its output back. A no-op for an fp32 decoder.
+        unet_dtype = self.unet.dtype
+        latents = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
         if init_images is not None and strength < 1.0:
             start = min(int(round(steps * (1.0 - strength))), steps - 1)
             timesteps = timesteps[start:]
             if hasattr(scheduler, "set_begin_index"):
                 scheduler.set_begin_index(start)
-            init = self.encode_images(init_images.to(device))
+            init = self.encode_images(init_images.to(device)).float()
             latents = scheduler.add_noise(init, latents, timesteps[:1].repeat(batch))
         else:
             latents = latents * scheduler.init_noise_sigma
-        negative = negative.expand(batch, -1, -1).to(conditioning.dtype)
-        both = torch.cat([negative, conditioning])
+        both = torch.cat([negative.expand(batch, -1, -1).to(unet_dtype), conditioning.to(unet_dtype)])
         for t in timesteps:
-            model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-            uncond, cond = self.unet(model_input, t, encoder_hidden_states=both.to(self.unet.dtype)).sample.chunk(2)
+            model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t).to(unet_dtype)
+            uncond, cond = self.unet(model_input, t, encoder_hidden_states=both).sample.float().chunk(2)
             guided = uncond + guidance_scale * (cond - uncond)
             latents = scheduler.step(guided, t, latents).prev_sample
         return self.decode_latents(latents)

@@ -23,6 +23,7 @@ class GenerationHead(nn.Module):
         self.output_proj = nn.Linear(config.width, output_width)
 
     def forward(self, img_states: torch.Tensor) -> torch.Tensor:
-        source = self.input_proj(img_states) + self.positions
+        # The LM may run in another dtype than the head (bf16 LM, fp32 head): cast at the boundary.
+        source = self.input_proj(img_states.to(self.input_proj.weight.dtype)) + self.positions
         queries = self.queries.expand(img_states.shape[0], -1, -1)
         return self.output_proj(self.transformer(source, queries))

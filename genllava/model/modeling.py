@@ -16,6 +16,7 @@ Classifier-free guidance: the unconditional branch is the decoder's own empty-pr
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,11 +53,13 @@ class Reply:
 
 
 def align_loss(conditioning: torch.Tensor, target: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
-    """MSE to the decoder's own caption embedding over all L positions, plus the same over the
-    caption's own token positions. A caption fills a tenth of SD's 77 positions, so the plain mean
-    is mostly the padding's fit: in one run it fell to 0.04 while the word positions were still
-    off by 0.16-0.74, and the model drew 0.10 of the prompts right."""
-    error = (conditioning - target).pow(2).mean(-1)
+    """GILL-style auxiliary loss: MSE to the decoder's own caption embedding over all L positions,
+    plus the same over the caption's own token positions (`words` marks them).
+
+    A caption fills a small part of SD's 77 positions, so the plain mean is mostly the padding's
+    fit; the second term keeps the words, which carry the content, from being averaged away
+    (docs/findings/2026-11-27-shapes-recipe.md)."""
+    error = (conditioning.float() - target.float()).pow(2).mean(-1)  # fp32 whatever the head/encoder hold
     return error.mean() + (error * words).sum() / words.sum().clamp(min=1)
 
 
@@ -64,9 +67,8 @@ def align_loss(conditioning: torch.Tensor, target: torch.Tensor, words: torch.Te
 def start_task_tokens_as_answer_start(language_model, processor: GenLlavaProcessor) -> None:
     """[I2T] and [T2I] sit where a pretrained chat LM starts its answer, right after "ASSISTANT:".
     Their input rows start as copies of that prefix's last token, so the position after them reads
-    like the one the LM answered from, and it keeps answering instead of relearning to. (Measured
-    on the shapes world: after 40 steps of text and understanding, text accuracy was 0.84 with
-    this start and 0.14 with resize_token_embeddings' mean rows; both were 1.00 before.)"""
+    like the one the LM answered from, and it keeps answering instead of relearning to
+    (`resize_token_embeddings`' mean rows lose that at first; docs/findings/2026-11-27-shapes-recipe.md)."""
     rows = language_model.get_input_embeddings().weight
     for task_id in processor.task_ids.values():
         rows[task_id] = rows[processor.assistant_prefix_ids[-1]]
@@ -84,15 +86,24 @@ class GenLlava(nn.Module):
         # The unconditional branch of classifier-free guidance, as SD's negative prompt "".
         self.register_buffer("negative_conditioning", decoder.encode_prompt([""]).detach(), persistent=False)
         self.img_token_ids = torch.tensor(processor.img_token_ids)
+        # FSDP wraps (and shards) the LM's decoder layers one by one, as it would the LM alone.
+        self._no_split_modules = list(getattr(language_model, "_no_split_modules", None) or [])
 
     # ---- construction and persistence -------------------------------------------------------------
     @classmethod
-    def build(cls, config: GenLlavaConfig, max_length: int | None = None) -> "GenLlava":
-        """A fresh GenLLaVA from pretrained parts: base LM + tokenizer, vision tower, decoder."""
+    def build(cls, config: GenLlavaConfig, max_length: int | None = None,
+              dtype: torch.dtype | None = None) -> "GenLlava":
+        """A fresh GenLLaVA from pretrained parts: base LM + tokenizer, vision tower, decoder.
+
+        `dtype` (e.g. torch.bfloat16) loads the frozen parts, vision tower and decoder, in that dtype
+        (transformers 5 takes it as `dtype=`, diffusers as `torch_dtype=`); the LM keeps what its
+        from_pretrained gives and the projector and head start in fp32. Train under torch.autocast.
+        """
+        frozen = {} if dtype is None else {"dtype": dtype}
         config.vision_tower, config.language_model, config.decoder = (
             resolve(config.vision_tower), resolve(config.language_model), resolve(config.decoder))
         with loading("the vision tower", config.vision_tower):
-            vision = VisionTower.from_pretrained(config.vision_tower, config.vision_feature_layer)
+            vision = VisionTower.from_pretrained(config.vision_tower, config.vision_feature_layer, **frozen)
             image_processor = AutoImageProcessor.from_pretrained(config.vision_tower)
         with loading("the language model", config.language_model):
             tokenizer = AutoTokenizer.from_pretrained(config.language_model)
@@ -100,30 +111,93 @@ class GenLlava(nn.Module):
         GenLlavaProcessor.add_genllava_tokens(tokenizer)
         language_model.resize_token_embeddings(len(tokenizer))
         with loading("the image decoder", config.decoder):
-            decoder = DiffusionDecoder.from_pretrained(config.decoder)
+            decoder = DiffusionDecoder.from_pretrained(config.decoder, **frozen)
         processor = GenLlavaProcessor(tokenizer, image_processor, vision.num_patches, max_length or config.max_length)
         start_task_tokens_as_answer_start(language_model, processor)
         return cls(config, vision, language_model, processor, decoder)
 
-    def save_pretrained(self, folder: str | Path) -> None:
+    def save_pretrained(self, folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None,
+                        is_main_process: bool = True) -> None:
+        """Writes the model folder: config, LM (full weights in language_model/, or the peft adapter in
+        language_model_adapter/ for a LoRA model), projector + head in model.safetensors, processor.
+
+        `state_dict` is the whole model's gathered state dict (accelerate's get_state_dict under
+        ZeRO-3/FSDP, where this module's own parameters are empty shards); the files are then written
+        from it. Frozen parts (vision., decoder.) are named by the config and never written. Built in
+        FOLDER.partial and renamed, so a failed save leaves any previous folder as it was."""
+        if not is_main_process:
+            return
+        import shutil
+
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder.with_name(folder.name + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        try:
+            self._write_folder(partial, state_dict)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if folder.exists():  # swap only now that the new folder is complete
+            old = folder.with_name(folder.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            folder.rename(old)
+            partial.rename(folder)
+            shutil.rmtree(old)
+        else:
+            partial.rename(folder)
+
+    def _write_folder(self, folder: Path, state_dict: dict[str, torch.Tensor] | None) -> None:
+        from ..train.lora import ADAPTER_DIR, is_lora
+
         self.config.save(folder)
-        self.language_model.save_pretrained(folder / LANGUAGE_MODEL_DIR)
-        own = {f"projector.{k}": v for k, v in self.projector.state_dict().items()}
-        own |= {f"generation_head.{k}": v for k, v in self.generation_head.state_dict().items()}
+        lm_state = None
+        if state_dict is not None:
+            lm_state = {k[len("language_model."):]: v for k, v in state_dict.items() if k.startswith("language_model.")}
+            own = {k: v for k, v in state_dict.items() if k.startswith(("projector.", "generation_head."))}
+        else:
+            own = {f"projector.{k}": v for k, v in self.projector.state_dict().items()}
+            own |= {f"generation_head.{k}": v for k, v in self.generation_head.state_dict().items()}
+        expected = {f"{part}.{k}" for part in ("projector", "generation_head") for k in getattr(self, part).state_dict()}
+        if set(own) != expected:
+            raise ValueError(f"state_dict lacks {sorted(expected - set(own))[:3]} or has unexpected "
+                             f"{sorted(set(own) - expected)[:3]} projector/generation_head keys")
+        if is_lora(self):
+            # Adapter + the added tokens' rows only; the full embedding matrices are the base LM's
+            # plus those rows, so they are not saved (save_embedding_layers=False).
+            self.language_model.save_pretrained(folder / ADAPTER_DIR, state_dict=lm_state, save_embedding_layers=False)
+            (folder / ADAPTER_DIR / "README.md").unlink(missing_ok=True)  # peft's blank model card
+        else:
+            self.language_model.save_pretrained(folder / LANGUAGE_MODEL_DIR, state_dict=lm_state)
         save_file({k: v.detach().contiguous().cpu() for k, v in own.items()}, str(folder / WEIGHTS_NAME))
         self.processor.save_pretrained(folder)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "GenLlava":
+    def from_pretrained(cls, folder: str | Path, is_trainable: bool = False) -> "GenLlava":
+        """Loads a model folder. A LoRA folder (language_model_adapter/) loads the base LM named by
+        config.language_model, resizes it to the saved tokenizer and wraps it with the adapter
+        (frozen, for inference; `is_trainable=True` to go on training it)."""
+        from ..train.lora import ADAPTER_DIR
+
         folder = Path(folder)
         config = GenLlavaConfig.load(folder)
         with loading("the vision tower", config.vision_tower):
             vision = VisionTower.from_pretrained(config.vision_tower, config.vision_feature_layer)
-        with loading("the trained language model", str(folder / LANGUAGE_MODEL_DIR)):
-            language_model = AutoModelForCausalLM.from_pretrained(folder / LANGUAGE_MODEL_DIR)
-            processor = GenLlavaProcessor.from_pretrained(folder)
+        if (folder / ADAPTER_DIR).is_dir():
+            from peft import PeftModel
+
+            with loading("the base language model", config.language_model):
+                processor = GenLlavaProcessor.from_pretrained(folder)
+                language_model = AutoModelForCausalLM.from_pretrained(config.language_model)
+            language_model.resize_token_embeddings(len(processor.tokenizer))  # the added rows come from the adapter
+            with loading("the language model's LoRA adapter", str(folder / ADAPTER_DIR)):
+                language_model = PeftModel.from_pretrained(language_model, folder / ADAPTER_DIR, is_trainable=is_trainable)
+        else:
+            with loading("the trained language model", str(folder / LANGUAGE_MODEL_DIR)):
+                language_model = AutoModelForCausalLM.from_pretrained(folder / LANGUAGE_MODEL_DIR)
+                processor = GenLlavaProcessor.from_pretrained(folder)
         with loading("the image decoder", config.decoder):
             decoder = DiffusionDecoder.from_pretrained(config.decoder)
         model = cls(config, vision, language_model, processor, decoder)
@@ -133,13 +207,51 @@ class GenLlava(nn.Module):
         return model.eval()
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
-        """What trains in the single stage: projector, LLM (incl. new token rows), generation head."""
-        return {"projector": list(self.projector.parameters()), "language_model": list(self.language_model.parameters()),
-                "generation_head": list(self.generation_head.parameters())}
+        """What trains in the single stage: projector, LLM (incl. new token rows), generation head.
+        Only parameters that require grad: under LoRA the LM part is the adapters and the added rows."""
+        return {name: [p for p in getattr(self, name).parameters() if p.requires_grad]
+                for name in ("projector", "language_model", "generation_head")}
 
     @property
     def device(self) -> torch.device:
         return self.language_model.device
+
+    # ---- precision and memory -------------------------------------------------------------------
+    def to_dtype(self, dtype: torch.dtype, frozen_only: bool = False) -> "GenLlava":
+        """Casts every part (or only the frozen vision tower and decoder) to `dtype`, e.g. bf16 for
+        inference. Modules cast their inputs to their own dtype, so any mix works. Rotary `inv_freq`
+        buffers stay as they are, as transformers' from_pretrained(dtype=...) keeps them fp32."""
+        for part in (self.vision, self.decoder) if frozen_only else (self,):
+            kept = [(m, name, b) for m in part.modules() for name, b in m._buffers.items()
+                    if b is not None and name.endswith("inv_freq")]
+            part.to(dtype)
+            for module, name, buffer in kept:
+                module._buffers[name] = buffer
+        return self
+
+    def enable_gradient_checkpointing(self) -> "GenLlava":
+        """Recompute the LM's and the UNet's activations in the backward pass instead of keeping them.
+
+        diffusers (0.42) checkpoints a block when `torch.is_grad_enabled() and self.gradient_checkpointing`,
+        not on `self.training`, and non-reentrant checkpointing needs no input or parameter that
+        requires grad, so it takes effect in the frozen UNet, held in eval mode, whose activations
+        the diffusion loss backpropagates through into the conditioning. transformers checkpoints
+        only in train mode, which the LM is in when it trains.
+        """
+        lm = self.language_model
+        # Newer transformers 5 releases call it activation_checkpointing_enable and deprecate the old name.
+        if hasattr(lm, "activation_checkpointing_enable"):
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.decoder.unet.enable_gradient_checkpointing()
+        return self
+
+    def disable_gradient_checkpointing(self) -> "GenLlava":
+        lm = self.language_model
+        (getattr(lm, "activation_checkpointing_disable", None) or lm.gradient_checkpointing_disable)()
+        self.decoder.unet.disable_gradient_checkpointing()
+        return self
 
     # ---- forward ------------------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
@@ -181,25 +293,59 @@ class GenLlava(nn.Module):
 
     def forward(self, input_ids, attention_mask, labels, pixel_values=None, target_pixels=None,
                 target_captions: list[str] | None = None, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        embeds = self.embed(input_ids, pixel_values)
+        """Training losses. The autograd graph has the same shape whatever the batch holds: DDP
+        (without find_unused_parameters) refuses a module left without gradients, and ZeRO-3/FSDP
+        ranks must gather and reduce the same parameters in the same order. A module with nothing to
+        do (the projector for a batch without input images, the head for one without image answers)
+        runs where it would have run, on zeros, joined to the graph by 0 * its sum: zero gradients,
+        the same losses (as LLaVA feeds a blank image to text-only samples)."""
+        has_image = pixel_values is not None and pixel_values.shape[0] > 0
+        has_target = target_pixels is not None and target_pixels.shape[0] > 0
+        if has_image:
+            embeds = self.embed(input_ids, pixel_values)
+        else:
+            first = self.projector[0]
+            blank = self.projector(first.weight.new_zeros(1, 1, first.in_features))
+            embeds = self.embed_features(input_ids, None)
+            embeds = embeds + 0.0 * blank.sum().to(embeds.dtype)
         out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=True)
+        hidden = out.hidden_states[-1]
         losses = {"lm_loss": self.lm_loss(out.logits, labels)}
+        if not has_target:
+            n = self.config.num_img_tokens
+            blank = (embeds[:1, :1] + hidden[:1, :1]).expand(1, n, -1) * 0.0
+            losses["loss"] = losses["lm_loss"] + 0.0 * self.generation_head(blank).float().sum()
+            return losses
         total = losses["lm_loss"]
-        if target_pixels is not None and target_pixels.shape[0] > 0:
-            conditioning = self.generation_head(self.img_states(input_ids, embeds, out.hidden_states[-1]))
+        conditioning = self.generation_head(self.img_states(input_ids, embeds, hidden))
+        with torch.no_grad():
+            latents = self.decoder.encode_images(target_pixels)
+        losses["diffusion_loss"] = self.decoder.loss(latents, conditioning, generator,
+                                                     self.config.diffusion_high_noise_share).mean()
+        total = total + self.config.diffusion_loss_weight * losses["diffusion_loss"]
+        if self.config.align_loss_weight > 0 and target_captions:
             with torch.no_grad():
-                latents = self.decoder.encode_images(target_pixels)
-            losses["diffusion_loss"] = self.decoder.loss(latents, conditioning, generator,
-                                                         self.config.diffusion_high_noise_share).mean()
-            total = total + self.config.diffusion_loss_weight * losses["diffusion_loss"]
-            if self.config.align_loss_weight > 0 and target_captions:
-                with torch.no_grad():
-                    target_conditioning = self.decoder.encode_prompt(target_captions)
-                words = self.decoder.prompt_word_mask(target_captions).to(conditioning.device)
-                losses["align_loss"] = align_loss(conditioning, target_conditioning, words)
-                total = total + self.config.align_loss_weight * losses["align_loss"]
+                target_conditioning = self.decoder.encode_prompt(target_captions)
+            words = self.decoder.prompt_word_mask(target_captions).to(conditioning.device)
+            losses["align_loss"] = align_loss(conditioning, target_conditioning, words)
+            total = total + self.config.align_loss_weight * losses["align_loss"]
         losses["loss"] = total
         return losses
+
+    @contextlib.contextmanager
+    def frozen_parts_apart(self, device=None):
+        """Takes the frozen vision tower and decoder out of the module tree while training (forward
+        still uses them), so an engine (DDP, DeepSpeed, FSDP) wraps, shards and checkpoints only what
+        trains; the frozen parts stay whole on every device, where they run without collectives."""
+        parts = {name: self._modules.pop(name) for name in ("vision", "decoder")}
+        for name, module in parts.items():
+            object.__setattr__(self, name, module.to(device) if device is not None else module)
+        try:
+            yield self
+        finally:
+            for name, module in parts.items():
+                del self.__dict__[name]
+                self._modules[name] = module
 
     # ---- inference ----------------------------------------------------------------------------
     @torch.no_grad()

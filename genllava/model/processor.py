@@ -62,7 +62,7 @@ class GenLlavaProcessor:
                                             replace_extra_special_tokens=False)
 
     def save_pretrained(self, folder: str | Path) -> None:
-        self.tokenizer.chat_template = templates.CHAT_TEMPLATE
+        self.tokenizer.chat_template = templates.chat_template(self.image_seq_length)
         self.tokenizer.save_pretrained(folder)
         self.image_processor.save_pretrained(folder)
         Path(folder, PROCESSOR_CONFIG).write_text(json.dumps(
@@ -81,6 +81,10 @@ class GenLlavaProcessor:
         # split_special_tokens: "<image>" or "[IMG3]" typed by a user is text, never a control token.
         return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids if text else []
 
+    def _head(self) -> list[int]:
+        """<s> and the system prompt: how every conversation starts, in training and inference."""
+        return ([self.bos_id] if self.bos_id is not None else []) + self._system
+
     def _user_turn(self, message: Message) -> list[int]:
         ids = list(self._user)
         if message.has_image:
@@ -96,7 +100,7 @@ class GenLlavaProcessor:
     def encode(self, messages: list[Message]) -> Encoded:
         """Training encoding: whole (user, assistant) exchanges; trailing ones that overflow
         max_length are dropped, never cut in half."""
-        head = ([self.bos_id] if self.bos_id is not None else []) + self._system
+        head = self._head()
         input_ids, labels, image_answers = list(head), [IGNORE] * len(head), 0
         for start in range(0, len(messages) - 1, 2):
             question, answer = messages[start], messages[start + 1]
@@ -122,8 +126,7 @@ class GenLlavaProcessor:
     def encode_prompt(self, messages: list[Message], task: str | None = None) -> list[int]:
         """Inference encoding: the history, the new user turn, and the assistant prefix (plus a
         task token when the caller forces one)."""
-        head = ([self.bos_id] if self.bos_id is not None else []) + self._system
-        ids = list(head)
+        ids = self._head()
         for message in messages:
             if message.role == ASSISTANT:
                 ids += self._assistant + self._answer(message) + self._newline

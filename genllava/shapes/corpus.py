@@ -75,7 +75,8 @@ def chat_corpus(count: int, seed: int) -> Iterator[list[str]]:
 # A second, shorter stage for the chat LM: the same chats, but most images hold two shapes and each
 # carries up to six questions. Reading "the colour of the square" in a two-shape caption means
 # selecting one shape by one attribute and reporting another, which the first stage's mix teaches
-# too rarely. Not shipped: it raised selection in words, not GenLLaVA's in images (README).
+# too rarely. Not shipped: it raised selection in words, not GenLLaVA's in images
+# (docs/findings/2026-11-27-understanding-limits.md).
 READING_MIX = {"understanding": 0.6, "text": 0.1, "generation": 0.1, "editing": 0.1, "multiturn": 0.1}
 READING_TWO_SHAPE_SHARE = 0.5  # of understanding images drawn with two shapes; the rest as usual
 READING_MAX_QUESTIONS = 6

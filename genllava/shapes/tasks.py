@@ -168,10 +168,9 @@ GENERATORS: dict[str, Callable[[random.Random, str], dict]] = {
     "editing": editing,
     "multiturn": multiturn,
 }
-# Shares of each task in the default training mix. Image answers make up about half: the
-# generation head only learns from them. With the head fitting fast (diffusion weight 0.1), some
-# generation and text share went to understanding and editing. With this mix, batch 16 drew 1.00 in
-# one run and 0.80 in the clean-clone run; batch 32 drew 0.66: the head wants steps more than images.
+# Shares of each task in the default training mix. Image answers make up about half, since the
+# generation head learns only from them; the rest is mostly understanding, the hardest skill here
+# (docs/findings/2026-11-27-shapes-recipe.md).
 DEFAULT_MIX = {"understanding": 0.42, "text": 0.06, "generation": 0.22, "editing": 0.2, "multiturn": 0.1}
 MIXES = {
     "full": DEFAULT_MIX,

@@ -18,6 +18,12 @@ class TrainConfig:
     max_steps: int = 1000  # optimizer steps
     mixed_precision: str = "auto"  # bf16 where the device supports it, else fp32
     checkpoint_every: int = 0  # optimizer steps; 0 = only at the end
+    keep_checkpoints: int = 3  # the newest K complete checkpoints are kept; 0 keeps all
+    dataloader_workers: int = 0  # processes that decode, encode and batch records (0: in the training process)
+    group_by_modality_length: bool = False  # sort each global batch by modality and length (LLaVA's grouping)
+    # Recompute the LM's and UNet's activations in the backward (GenLlava.enable_gradient_checkpointing):
+    # less memory for about a third more compute.
+    gradient_checkpointing: bool = False
     seed: int = 0
 
     def to_dict(self) -> dict:
