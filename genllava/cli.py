@@ -89,15 +89,15 @@ def _train(args) -> None:
     import torch
 
     from . import presets
-    from .data.collate import SkipReport, prepare
+    from .train.examples import SkipReport, prepare
     from .model.modeling import GenLlava
     from .train.engine import mixed_precision
     from .train.trainer import train
 
-    model_config, train_config = presets.preset(args.preset)
     if args.preset != "shapes" and not args.data:
         raise ValueError(f"--preset {args.preset} trains on a built mixture: give --data DIR "
                          "(`genllava data build`); only the shapes preset makes its own data")
+    model_config, train_config = presets.preset(args.preset)
     if args.data:
         from .data.shards import read_manifest
 

@@ -15,11 +15,11 @@ import torch
 from tqdm.auto import tqdm
 
 from . import presets
-from .data.collate import SkipReport, prepare
 from .eval.grids import save_grid
 from .eval.shapes_eval import evaluate_shapes
 from .model.modeling import GenLlava
 from .shapes.tasks import MIXES, make_records
+from .train.examples import SkipReport, prepare
 from .train.trainer import train
 
 EVAL_SEED = 20261126  # never used for training data

@@ -15,7 +15,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+# Real public data shipped with the tests (provenance in tests/fixtures/README.md).
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 
 @pytest.fixture(scope="session")
@@ -54,16 +55,12 @@ def tiny_model(tiny_config):
     return GenLlava.build(deepcopy(tiny_config))
 
 
-PHOTOS = sorted(os.path.join(SHARED, "fixtures", "photos", name)
-                for name in (os.listdir(os.path.join(SHARED, "fixtures", "photos"))
-                             if os.path.isdir(os.path.join(SHARED, "fixtures", "photos")) else []))
+PHOTOS = sorted(os.path.join(FIXTURES, "photos", name) for name in os.listdir(os.path.join(FIXTURES, "photos")))
 
 
 @pytest.fixture(scope="session")
 def photos():
-    """Real 512x512 RGB JPEG photographs from the shared fixtures."""
-    if not PHOTOS:
-        pytest.skip(f"no photographs under {SHARED}/fixtures/photos")
+    """Real 512x512 RGB JPEG photographs from tests/fixtures/photos."""
     return PHOTOS
 
 

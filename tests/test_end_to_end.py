@@ -15,7 +15,6 @@ from PIL import Image
 
 from genllava.chat import ChatSession
 from genllava.data import templates
-from genllava.data.collate import SkipReport, prepare
 from genllava.data.conversation import user
 from genllava.data.images import load_image
 from genllava.eval.shapes_eval import accuracy_by, evaluate_shapes, question_kind, shape_count
@@ -24,6 +23,7 @@ from genllava.model.modeling import GenLlava, Reply
 from genllava.quickstart import flat_metrics
 from genllava.shapes.tasks import make_eval_records, make_records
 from genllava.train.config import TrainConfig
+from genllava.train.examples import SkipReport, prepare
 from genllava.train.trainer import STATE_NAME, train
 
 SIX_KEYS = {"understanding.accuracy", "text.accuracy", "generation.accuracy", "generation.accuracy_heldout",

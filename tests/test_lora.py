@@ -13,12 +13,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from genllava.cli import main
-from genllava.data.collate import Collator, SkipReport, prepare
 from genllava.data.conversation import user
 from genllava.data.templates import T2I
 from genllava.model.modeling import LANGUAGE_MODEL_DIR, WEIGHTS_NAME, GenLlava
 from genllava.shapes.tasks import make_eval_records
 from genllava.train.config import TrainConfig
+from genllava.train.examples import Collator, SkipReport, prepare
 from genllava.train.lora import ADAPTER_DIR, added_token_ids, apply_lora, is_lora, merge_lora
 from genllava.train.trainer import parameter_groups
 

@@ -12,12 +12,12 @@ import torch
 from safetensors import safe_open
 
 from genllava.data import templates
-from genllava.data.collate import Collator, SkipReport, prepare
 from genllava.data.conversation import ASSISTANT, Message, user
 from genllava.model.modeling import GenLlava, Reply
 from genllava.shapes.tasks import make_eval_records
 from genllava.shapes.world import Scene, Shape, render
 from genllava.train.config import TrainConfig
+from genllava.train.examples import Collator, SkipReport, prepare
 from genllava.train.trainer import parameter_groups
 
 T2I, I2T = templates.T2I, templates.I2T

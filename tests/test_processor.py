@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 from genllava.data import templates
-from genllava.data.collate import Collator, SkipReport, prepare, to_example
 from genllava.data.conversation import ASSISTANT, Message, RecordError, parse_record, parse_turn, user
 from genllava.model.processor import IGNORE, GenLlavaProcessor
 from genllava.shapes.tasks import make_eval_records, make_records
 from genllava.shapes.world import Scene, Shape, render
+from genllava.train.examples import Collator, SkipReport, prepare, to_example
 
 RED = Scene((Shape("red", "circle", "center"),))
 
@@ -91,6 +91,32 @@ def test_labels_only_on_assistant_answers(tiny_processor):
     user_text = proc._content("What color is the circle?")
     at = next(i for i in range(len(ids)) if ids[i:i + len(user_text)] == user_text)
     assert all(label == IGNORE for label in labels[:at + len(user_text)])
+
+
+# The shapes tokenizer's ids for a multi-turn chat with an input image and image answers, as the
+# shipped shapes model was trained and measured with: a change to the processor must not move one.
+PINNED_CHAT = [user("What color is the circle?\nAnswer in one word.", has_image=True),
+               Message(ASSISTANT, "red", task=templates.I2T),
+               user("Generate an image of a blue square at the top left."),
+               Message(ASSISTANT, "Here is a blue square.", task=templates.T2I, image_answer=True),
+               user("Now make it  green."),
+               Message(ASSISTANT, "", task=templates.T2I, image_answer=True)]
+PINNED_IDS = [
+    1, 36, 532, 556, 260, 555, 538, 333, 270, 553, 558, 511, 17, 545, 511, 557, 15, 559, 333, 542, 535, 15, 333, 554,
+    552, 17, 202, 202, 298, 29, *[560] * 16, 202, 328, 359, 268, 265, 321, 34, 202, 398, 262, 81, 466, 400, 17, 202,
+    301, 29, 578, 337, 2, 202, 298, 29, 224, 451, 270, 277, 279, 260, 335, 317, 267, 265, 305, 311, 17, 202, 301, 29,
+    577, 413, 72, 266, 268, 260, 335, 317, 17, 579, *range(561, 577), 580, 2, 202, 298, 29, 491, 428, 464, 352, 224,
+    347, 17, 202, 301, 29, 577, 579, *range(561, 577), 580, 2, 202]
+
+
+def test_shapes_tokenizer_ids_are_pinned(tiny_processor):
+    proc = tiny_processor
+    assert not proc._prepends  # byte-level BPE: every piece tokenized on its own
+    encoded = proc.encode(PINNED_CHAT)
+    assert encoded.input_ids == PINNED_IDS and encoded.image_answers == 2
+    assert proc.encode_prompt(PINNED_CHAT[:5]) == PINNED_IDS[:-21]  # all but [T2I][SOI][IMG0..15][EOI]</s>\n
+    labelled = [t for t in encoded.labels if t != IGNORE]
+    assert labelled == [578, 337, 2, 577, 413, 72, 266, 268, 260, 335, 317, 17, 579, 2, 577, 579, 2]
 
 
 def test_image_placeholder_expands_before_user_text(tiny_processor):

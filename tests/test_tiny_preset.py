@@ -17,11 +17,11 @@ from transformers import AutoTokenizer, CLIPTextModel, MistralForCausalLM, Sigli
 
 from genllava import presets
 from genllava.data import templates
-from genllava.data.collate import Collator, SkipReport, prepare
 from genllava.data.conversation import ASSISTANT, Message, user
 from genllava.model.modeling import GenLlava
 from genllava.shapes.world import Scene, Shape, render
 from genllava.tiny import build as tiny_build
+from genllava.train.examples import Collator, SkipReport, prepare
 
 T2I, I2T = templates.T2I, templates.I2T
 # Text outside the tokenizer's trained vocabulary: "é" and the emoji only exist as UTF-8 bytes (<0xC3><0xA9>...).
@@ -255,13 +255,30 @@ def test_processor_round_trips_answers_and_shares_the_prefix_between_training_an
     assert labelled[-len(answer):] == answer and proc.decode(answer) == "Done 🙂"
 
 
-@pytest.mark.xfail(strict=True, reason="GenLlavaProcessor adds CONTENT_LEAD ' ' to each piece, and Mistral's "
-                   "legacy normalizer prepends '▁' too: every text starts with a lone '▁' token (see report)")
 def test_content_pieces_tokenize_as_in_running_text(model):
     proc = model.processor
     tokenizer = proc.tokenizer
     running = tokenizer(templates.ASSISTANT_PREFIX + " It is red.", add_special_tokens=False).input_ids
     assert proc._assistant + proc._content("It is red.") == running
+    # after an added token (task token, <image>, </s>) too: no lone "▁", newlines are bare "<0x0A>"
+    assert proc._prepends
+    pieces = tokenizer.convert_ids_to_tokens
+    assert pieces(proc._newline) == ["<0x0A>"]
+    history = [user("What is it?\nBe brief.", has_image=True), Message(ASSISTANT, "It is red.", task=I2T),
+               user("Draw it."), Message(ASSISTANT, "Here it is.", task=T2I, image_answer=True)]
+    ids = proc.encode(history).input_ids
+    assert "▁" not in pieces(ids)
+    text = tokenizer.decode(ids)  # the layout as running text: USER:/ASSISTANT: start words
+    assert text.startswith("<s> A chat") and text.endswith("[EOI]</s>\n")
+    assert "<image>\n What is it?\nBe" in text
+    assert "[I2T] It is red.</s>\n USER: Draw it.\n ASSISTANT:[T2I] Here it is.[SOI]" in text
+
+
+def test_chat_template_cannot_match_a_legacy_sentencepiece_tokenizer(model):
+    """The reason templates.chat_template gives: text after an added token gets a "▁" of its own."""
+    proc = model.processor
+    after_eos = proc.tokenizer(templates.ASSISTANT_PREFIX + "[I2T]</s>\n", add_special_tokens=False).input_ids
+    assert after_eos[-2:] == [proc.tokenizer.convert_tokens_to_ids("▁"), *proc._newline]
 
 
 def test_saved_model_reloads_the_same_tokenizer(model, tmp_path):

@@ -38,6 +38,13 @@ def chat_template(image_seq_length: int) -> str:
     the template cannot keep typed control-token text such as "[IMG3]" from becoming a token, and
     it matches the processor only where the tokenizer does not merge across the pieces the
     processor tokenizes apart (true of byte-level BPE, as tests/test_processor.py checks).
+
+    It cannot match for a SentencePiece-style tokenizer with Mistral-7B-Instruct's "legacy"
+    normalizer (Prepend "▁"; the tiny-mistral preset's): a template only emits text, and that
+    tokenizer prepends "▁" to each text that follows an added token, so the "\n" the layout puts
+    after `<image>` and `</s>` becomes "▁ <0x0A>", where the processor has "<0x0A>" as in running
+    text. No rendering avoids that, so with such a tokenizer take ids from the processor's encode
+    and encode_prompt (tests/test_tiny_preset.py pins the cause).
     """
     # Whitespace goes in as expressions: transformers renders templates with trim_blocks, which
     # would drop a literal newline that follows a block tag.

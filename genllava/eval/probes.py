@@ -16,10 +16,10 @@ from collections import Counter
 
 import torch
 
-from ..data.collate import Collator, SkipReport, prepare
 from ..model.modeling import GenLlava
 from ..model.processor import IGNORE
 from ..shapes.tasks import QUESTION_KINDS, understanding
+from ..train.examples import Collator, SkipReport, prepare
 
 TRAIN_SHARE = 0.75  # of the questions, for fitting the probes; the rest are held out
 

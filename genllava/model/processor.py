@@ -5,6 +5,11 @@ produce the same ids, and user text can never turn into a special token):
 
     <s> SYSTEM \n\n  USER: <image>*P \n ␣text \n  ASSISTANT: [I2T] ␣answer </s> \n  USER: ...
 
+The fixed pieces (system prompt, USER:, ASSISTANT:) are tokenized as texts of their own; text after
+them, after a task token or an image, and every newline, as inside running text. A byte-level BPE
+does that piece by piece; a SentencePiece-style tokenizer (Mistral's) prepends "▁" to every piece it
+is given, so there a piece is tokenized after an anchor whose ids are then dropped.
+
 Only assistant answers (task token, text, [SOI][IMG0..15][EOI], </s>) carry labels. An image's
 P patch tokens sit at the start of its user turn, before the text.
 """
@@ -25,6 +30,10 @@ from ..data.images import to_rgb
 
 PROCESSOR_CONFIG = "genllava_processor.json"
 IGNORE = -100
+# Encoded before a piece that continues a text, its ids then dropped (transformers' non-legacy Llama
+# tokenizer does the same with "<unk>"): a SentencePiece vocabulary has no piece that joins "a" to
+# a following "▁" or "\n" (pieces start at a "▁"; "\n" is a byte piece), and _after_anchor checks.
+ANCHOR = "a"
 
 
 @dataclass
@@ -52,7 +61,13 @@ class GenLlavaProcessor:
         self._system = self._text(templates.SYSTEM_PROMPT + "\n\n")
         self._user, self._assistant = self._text(templates.USER_PREFIX), self._text(templates.ASSISTANT_PREFIX)
         self.assistant_prefix_ids = tuple(self._assistant)
-        self._newline = self._text(templates.TURN_SEPARATOR)
+        # Does the tokenizer prepend "▁" to every text (SentencePiece's dummy prefix)? Then pieces
+        # that continue a text go through _continued, else "\n" would come out as "▁ <0x0A>".
+        self._anchor, sep = self._text(ANCHOR), templates.TURN_SEPARATOR
+        anchored = self._text(ANCHOR + sep)
+        self._prepends = (anchored[:len(self._anchor)] == self._anchor
+                          and anchored[len(self._anchor):] != self._text(sep))
+        self._newline = self._continued(sep)
 
     # ---- persistence ---------------------------------------------------------------------------
     @staticmethod
@@ -75,11 +90,21 @@ class GenLlavaProcessor:
 
     # ---- text ------------------------------------------------------------------------------------
     def _content(self, text: str) -> list[int]:
-        return self._text(templates.CONTENT_LEAD + text) if text else []
+        return self._continued(templates.CONTENT_LEAD + text) if text else []
 
     def _text(self, text: str) -> list[int]:
         # split_special_tokens: "<image>" or "[IMG3]" typed by a user is text, never a control token.
         return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids if text else []
+
+    def _continued(self, text: str) -> list[int]:
+        """`text` as tokenized inside running text, after what precedes it in the layout."""
+        return self._after_anchor(text) if self._prepends else self._text(text)
+
+    def _after_anchor(self, text: str) -> list[int]:
+        ids = self._text(ANCHOR + text)
+        if ids[:len(self._anchor)] != self._anchor:  # a merge across the anchor: its ids cannot be dropped
+            raise ValueError(f"tokenizer merges {ANCHOR!r} with {text[:20]!r}; cannot tokenize it in context")
+        return ids[len(self._anchor):]
 
     def _head(self) -> list[int]:
         """<s> and the system prompt: how every conversation starts, in training and inference."""

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.collate import Collator, Example, to_example
 from ..data.conversation import RecordError
 from ..data.shards import decode_record, shard_paths
+from .examples import Collator, Example, to_example
 
 RETRIES = 8  # a record that cannot be trained on is replaced by another, deterministically, at most this often
 
@@ -187,4 +187,7 @@ def loader(plan: BatchPlan, collate: Collator, process: int, first_step: int, la
     a = plan.accumulation
     return DataLoader(MicroBatches(plan, collate, process), batch_size=None,
                       sampler=_Steps(first_step * a, last_step * a), num_workers=workers,
-                      prefetch_factor=4 if workers else None, persistent_workers=False)
+                      prefetch_factor=4 if workers else None, persistent_workers=False,
+                      # Its own generator: starting the loader must not draw from the global RNG, which
+                      # the model's dropout uses and a resume restores.
+                      generator=torch.Generator().manual_seed(plan.seed))

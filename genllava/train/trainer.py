@@ -20,12 +20,12 @@ from accelerate.utils import DistributedType, gather_object
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from ..data.collate import Collator, Example
 from ..model.modeling import GenLlava
 from .batches import BatchPlan, InMemoryExamples, loader
 from .checkpoints import STATE_NAME, load_trainer_state, resolve_resume, save_checkpoint, save_model
 from .config import TrainConfig
 from .engine import engine_name, make_accelerator
+from .examples import Collator, Example
 
 __all__ = ["train", "parameter_groups", "STATE_NAME"]
 LOSSES = ("loss", "lm_loss", "diffusion_loss", "align_loss")
@@ -126,6 +126,9 @@ def _train_loop(accelerator, model, source, config, out, resume, say, stop_after
             tick = time.perf_counter()
             batch = next(batches)
             timing["data_wait"] += time.perf_counter() - tick
+            # For benchmarks (on_step): non-pad tokens, input images and target images of the micro-batch.
+            timing.update(tokens=int(batch["attention_mask"].sum()),
+                          **{k: len(batch[k]) for k in ("pixel_values", "target_pixels") if batch.get(k) is not None})
             skipped.update(reason for reason, _ in batch.pop("skipped"))
             generator = torch.Generator(accelerator.device).manual_seed(
                 noise_seed(config.seed, step, batch.pop("micro_index")))

@@ -2,7 +2,7 @@
 
 `write_fixtures(root, scale)` writes the layouts under `root` (images generated here, tiny noise
 images so every one is distinct; the InstructPix2Pix folders also get the real samples from
-../shared/fixtures/ipr2pr) and returns `(sources, expected)`: the `sources:` mapping for a mixture
+tests/fixtures/ipr2pr) and returns `(sources, expected)`: the `sources:` mapping for a mixture
 config, and per source how many records must be accepted, skipped and filtered by reason when the
 config takes `count: all`. `scale` multiplies the good records; the broken ones are written once.
 """
@@ -24,7 +24,7 @@ import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
-REAL_IP2P = ROOT.parent / "shared" / "fixtures" / "ipr2pr"
+REAL_IP2P = ROOT / "tests" / "fixtures" / "ipr2pr"
 # The Hugging Face forms (InstructPix2Pix's Parquet, SynthDoG-EN) need pyarrow; without it they are left out.
 HAVE_PYARROW = importlib.util.find_spec("pyarrow") is not None
 

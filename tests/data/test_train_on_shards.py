@@ -1,11 +1,14 @@
 """`genllava train --data DIR` consumes a built mixture: the path `cli._train` takes, end to end on CPU.
 
 A mixture built from the mini fixture is streamed with `iter_records`, turned into Examples by
-`prepare` with a real (tiny) GenLlavaProcessor, served by `StreamedExamples` the way the trainer asks
-for it (by position, across epochs, after a resume) and batched by the trainer's `Collator`.
+`prepare` with a real (tiny) GenLlavaProcessor, read by offset (`MixtureExamples`) as the trainer
+reads them, and batched by the trainer's `Collator`.
 """
 
 from __future__ import annotations
+
+import pickle
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -13,13 +16,14 @@ import torch
 from PIL import Image
 
 from genllava.data.build import build_mixture
-from genllava.data.collate import Collator, Example, SkipReport, prepare
+from genllava.data.conversation import RecordError
 from genllava.data.shards import iter_records
 from genllava.data.templates import EOI, IMG_TOKENS, SOI, T2I, TASK_TOKENS
 from genllava.model.processor import IGNORE, GenLlavaProcessor
 from genllava.shapes.pretrain_vision import image_processor
 from genllava.shapes.tokenizer import build_tokenizer
-from genllava.train.sampling import StreamedExamples
+from genllava.train.examples import Collator, Example, SkipReport, prepare
+from genllava.train.batches import MixtureExamples
 from native_fixtures import write_config
 
 IMAGE_SEQ = 16
@@ -43,12 +47,6 @@ def processor():
 
 def epoch(out, processor, seed: int, report: SkipReport | None = None) -> list[Example]:
     return list(prepare(iter_records(out, seed=seed), processor, SkipReport() if report is None else report))
-
-
-def streamed(out, processor) -> StreamedExamples:
-    """What `genllava train --data out` builds (there the seed is `--seed * 1000 + epoch`)."""
-    report = SkipReport()
-    return StreamedExamples(lambda n: prepare(iter_records(out, seed=n), processor, report))
 
 
 def key(example: Example):
@@ -99,22 +97,29 @@ def test_every_record_becomes_an_example_or_a_counted_skip(mixture, processor):
     assert len(generation) + len(editing) <= tasks["generation"]["count"] + tasks["editing"]["count"]
 
 
-def test_streamed_examples_resume_and_wrap_into_the_next_epoch(mixture, processor):
-    out, _ = mixture
+def test_random_access_reads_every_record_as_the_stream_does(mixture, processor):
+    """MixtureExamples (what `genllava train --data` trains on) reads records by offset from the
+    shards: the same examples, and the same skips, as streaming the whole mixture."""
+    out, manifest = mixture
+    source = MixtureExamples(out, processor)
+    assert len(source) == manifest["records"]
+    read, skipped = [], Counter()
+    for index in range(len(source)):
+        try:
+            example = source[index]
+        except RecordError as err:
+            skipped[err.reason] += 1
+            continue
+        read.append(example)
+        assert (source.length(index) > 0) == (example.image is not None)  # LLaVA's modality sign
+    report = SkipReport()
+    streamed = epoch(out, processor, seed=0, report=report)
+    assert sorted(map(key, read)) == sorted(map(key, streamed))
+    assert skipped == report.counts
     first, second = epoch(out, processor, seed=0), epoch(out, processor, seed=1)
-    # each epoch is the whole mixture, in its own order
-    assert sorted(map(key, first)) == sorted(map(key, second)) and list(map(key, first)) != list(map(key, second))
-
-    running = streamed(out, processor)
-    steps = running.take(0, 5) + running.take(5, 5)
-    assert list(map(key, steps)) == list(map(key, streamed(out, processor).take(0, 10))) == list(map(key, first[:10]))
-    resumed = streamed(out, processor).take(5, 5)  # a restarted run jumps to its position by replaying
-    assert list(map(key, resumed)) == list(map(key, steps[5:]))
-
-    end = len(first)
-    across = streamed(out, processor).take(end - 2, 4)
-    assert list(map(key, across)) == list(map(key, first[-2:] + second[:2]))
-    assert list(map(key, running.take(10, end))) == list(map(key, first[10:] + second[:10]))
+    assert list(map(key, first)) != list(map(key, second))  # the stream's own order follows its seed
+    clone = pickle.loads(pickle.dumps(source))  # what a loader worker started by spawn receives
+    assert key(clone[len(source) - 1]) == key(source[len(source) - 1])
 
 
 def test_collated_batch_is_consistent(mixture, processor):

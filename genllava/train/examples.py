@@ -1,4 +1,5 @@
-"""From records to training batches: parse, encode with per-turn label masking, and batch.
+"""Training examples: records -> encoded examples -> batches (parse, encode with per-turn label
+masking, and batch with the model's processor).
 
 Records that cannot be trained on (broken, or whose answers were all truncated away) are
 skipped and counted by reason, never trained on silently.
@@ -12,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from ..data.conversation import RecordError, parse_record
 from ..model.processor import IGNORE, Encoded, GenLlavaProcessor
-from .conversation import RecordError, parse_record
 
 
 @dataclass
