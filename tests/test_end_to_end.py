@@ -81,6 +81,8 @@ def test_training_steps_are_finite_and_change_the_trained_parts(trained, tiny_co
     assert any(k.startswith("generation_head.") for k in changed)
     assert any(k.startswith("language_model.") for k in changed)
     assert not any(k.startswith(("vision.", "decoder.")) for k in changed), sorted(changed)[:5]
+    frozen = [*model.vision.parameters(), *model.decoder.parameters()]
+    assert all(p.grad is None and not p.requires_grad for p in frozen)  # never in the optimizer, never a gradient
     embeddings = "language_model.model.embed_tokens.weight"
     rows = model.processor.img_token_ids + list(model.processor.task_ids.values())
     assert not torch.equal(before[embeddings][rows], after[embeddings][rows])  # the new token rows trained

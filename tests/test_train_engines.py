@@ -3,7 +3,9 @@ configs/accelerate/<engine>.yaml -m genllava train ...`, 2 processes on the gloo
 with DS_ACCELERATOR=cpu), on the real-classes tiny preset and a built mixture.
 
 Each engine's loss curve, step count and learning rates must equal a single-process run with the
-same global batch; a run killed with SIGKILL and resumed must reach an uninterrupted run's weights.
+same global batch; a run killed with SIGKILL and resumed must reach an uninterrupted run's weights,
+bit for bit (single process, DDP and ZeRO-3 alike: the checkpoint holds the engine's exact state and
+the batch plan starts at the step, so nothing differs between the two runs' arithmetic).
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ def test_ddp_trains_micro_batches_without_image_answers_or_input_images(mixture,
     assert len(history(out)) == steps and all(math.isfinite(h["loss"]) for h in history(out))
 
 
-@pytest.mark.parametrize("engine", [None, "ddp"])
+@pytest.mark.parametrize("engine", [None, "ddp", "deepspeed_zero3"])
 def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(engine, mixture, env, tmp_path):
     steps = ["--steps", "8", "--save-every", "2", "--keep", "2"]
     straight = tmp_path / "straight"
