@@ -26,14 +26,19 @@ import os
 import random
 import shutil
 import tarfile
-from collections import Counter, OrderedDict, defaultdict
+from array import array
+from collections import Counter, OrderedDict
 from pathlib import Path
 
-from .mixture import MixtureConfig, SourceConfig, load_config, target_count
+import numpy as np
+
+from .errors import BuildError, DataError
+from .mixture import MixtureConfig, SourceConfig, load_config, shortfall, target_count
 from .records import FILTER_REASONS, Reject, conversation_problem, try_check_image, validate_record
 from .shards import MANIFEST, SHARD_DIR, add_member, decode_record, iter_raw_shard, open_tar_writer, read_manifest
 from .sources import get_reader
-from .sources.base import Bad
+from .sources.base import Bad, Candidates
+from .text import clean, dumps_line
 
 log = logging.getLogger("genllava.data")
 WORK = "work"
@@ -71,7 +76,7 @@ def _check_sources_exist(config: MixtureConfig) -> None:
             elif not src.images.is_dir():
                 missing.append(f"{src.name}: images folder {src.images} not found")
     if missing:
-        raise ValueError("missing source data (see docs/data.md for where each dataset lives): " + "; ".join(missing))
+        raise DataError("missing source data (see docs/data.md for where each dataset lives): " + "; ".join(missing))
 
 
 def _source_checksums(config: MixtureConfig, work: Path, fingerprint: str) -> dict:
@@ -83,11 +88,14 @@ def _source_checksums(config: MixtureConfig, work: Path, fingerprint: str) -> di
     state_path = work / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else None
     if state is not None and state["config_sha256"] != fingerprint:
-        raise ValueError(f"{work.parent} holds an unfinished build of another config; delete it or use another --out")
+        raise DataError(f"{work.parent} holds an unfinished build of another config; delete it or use another --out")
     known = (state or {}).get("files", {})
     files, checksums = {}, {}
     for src in config.sources:
-        paths = sorted(get_reader(src.reader).files(src))
+        try:
+            paths = sorted(get_reader(src.reader).files(src))
+        except DataError as error:
+            raise error.naming(src.name) from None
         base = Path(os.path.commonpath(paths)) if paths else Path()
         base = base.parent if base.is_file() else base
         digest = hashlib.sha256()
@@ -103,7 +111,7 @@ def _source_checksums(config: MixtureConfig, work: Path, fingerprint: str) -> di
     if state is not None:
         for name, checksum in checksums.items():
             if state["checksums"].get(name, {}).get("sha256") != checksum["sha256"]:
-                raise ValueError(f"source {name} changed since this build started; delete {work.parent} to start over")
+                raise DataError(f"source {name} changed since this build started; delete {work.parent} to start over")
     work.mkdir(parents=True, exist_ok=True)
     _write_atomic(state_path, _dump({"config_sha256": fingerprint, "checksums": checksums, "files": files}))
     return checksums
@@ -118,6 +126,7 @@ class _Stager:
         self.chunks: list[Path] = []  # staged record files, in build order
         self.stats: dict[str, dict] = {}
         self.pool = None
+        self.doing = ""  # what is being processed, for the message of an unexpected failure
 
     def __enter__(self):
         if self.config.workers:
@@ -143,24 +152,30 @@ class _Stager:
             other = next(s for s in self.config.sources if s.name == against)
             other_reader = get_reader(other.reader)
             if not hasattr(reader, "dedup_key") or not hasattr(other_reader, "dedup_key"):
-                raise ValueError(f"source {src.name}: readers {src.reader} and {other.reader} cannot be deduplicated")
+                raise DataError(f"source {src.name}: readers {src.reader} and {other.reader} cannot be deduplicated")
             known = {other_reader.dedup_key(item) for item in other_reader.candidates(other)
                      if not isinstance(item, Bad)}
-        seen, out = set(), []
-        for item in items:
+        seen = set()
+        for index, item in enumerate(items):  # marked in place: a large source is never held twice
             key = None if isinstance(item, Bad) else reader.dedup_key(item)
             if key is not None and (key in known or (within and key in seen)):
-                item = Bad("duplicate")
-            seen.add(key)
-            out.append(item)
-        return out
+                list.__setitem__(items, index, Bad("duplicate"))
+            if within:
+                seen.add(key)
+        return items
 
     def stage(self, src: SourceConfig) -> None:
         reader = get_reader(src.reader)
-        items = self._candidates(src, reader)
-        target = target_count(src, self.config.total, len(items))
-        stats = {"candidates": len(items), "target": target, "examined": 0, "accepted": 0,
-                 "skipped": Counter(), "filtered": Counter()}
+        self.doing = f"source {src.name}: reading its candidates"
+        self._items = None
+        try:
+            items = self._items = self._candidates(src, reader)
+            target = target_count(src, self.config.total, len(items))
+        except DataError as error:
+            raise error.naming(src.name) from None
+        stats = {"candidates": len(items), "target": target, "examined": 0, "accepted": 0, "resampled": 0,
+                 "skipped": Counter(), "filtered": Counter(), "text_replaced": 0, "records_with_replaced_text": 0,
+                 "unwritable": []}
         self.stats[src.name] = stats
         log.info("%s: %d candidates, target %d", src.name, len(items), target)
         order = list(range(len(items)))
@@ -174,17 +189,63 @@ class _Stager:
             for start in range(0, len(batch), self.config.chunk_size):
                 chunk = self._chunk(src, reader, items, batch[start:start + self.config.chunk_size], number)
                 number += 1
-                for key in ("examined", "accepted"):
-                    stats[key] += chunk[key]
-                stats["skipped"].update(chunk["skipped"])
-                stats["filtered"].update(chunk["filtered"])
+                self._add(stats, chunk)
                 self._check_skip_rate(src, stats, final=False)
         self._check_skip_rate(src, stats, final=True)
+        unique = stats["accepted"]
+        if unique < target and src.fill == "resample" and unique:
+            self._add(stats, self._resample(src, target - unique, number))
         takes_all = src.count is None and src.proportion is None
-        if stats["accepted"] < target and not takes_all:
-            raise ValueError(f"source {src.name}: only {stats['accepted']} usable records for a target of {target} "
-                             f"({stats['examined']} examined, {sum(stats['skipped'].values())} skipped, "
-                             f"{sum(stats['filtered'].values())} filtered); lower its count or proportion")
+        short = shortfall(target, stats["accepted"])
+        if short > 0 and not takes_all:
+            if short > src.shortfall_tolerance:
+                raise DataError(f"source {src.name}: only {stats['accepted']} usable records for a target of {target} "
+                                f"({stats['examined']} examined, {sum(stats['skipped'].values())} skipped, "
+                                f"{sum(stats['filtered'].values())} filtered; {short:.2%} short, over its "
+                                f"shortfall_tolerance {src.shortfall_tolerance:.2%}); lower its count or proportion, "
+                                "raise shortfall_tolerance, or set `fill: resample`", source=src.name)
+            log.warning("source %s: %d records for a target of %d (%.2f%% short, within shortfall_tolerance %.2f%%)",
+                        src.name, stats["accepted"], target, 100 * short, 100 * src.shortfall_tolerance)
+        self._items = None  # the next source's candidates replace these, not join them
+
+    @staticmethod
+    def _add(stats: dict, chunk: dict) -> None:
+        for key in ("examined", "accepted", "resampled", "text_replaced", "records_with_replaced_text"):
+            stats[key] += chunk.get(key, 0)
+        stats["skipped"].update(chunk["skipped"])
+        stats["filtered"].update(chunk["filtered"])
+        stats["unwritable"] += chunk.get("unwritable", [])
+
+    def _resample(self, src: SourceConfig, extra: int, number: int) -> dict:
+        """Make up a source's share by sampling its records with replacement: whole passes over them
+        in seeded orders (so no record repeats k+1 times before all have repeated k times). A copy keeps
+        the record (images are stored once anyway) under the id `{id}#{pass}`."""
+        stem = self.work / src.name / f"chunk-{number:05d}"
+        done = stem.with_suffix(".json")
+        if done.exists():
+            self.chunks.append(stem.with_suffix(".jsonl"))
+            return json.loads(done.read_text())
+        self.doing = f"source {src.name}: resampling {extra} records"
+        prefix = str((self.work / src.name).relative_to(self.work))
+        lines = [line for path in self.chunks if str(path.relative_to(self.work)).startswith(prefix + os.sep)
+                 for line in path.read_bytes().splitlines()]
+        rng = random.Random(f"{self.config.seed}:{src.name}:resample")
+        out, repeat = [], 0
+        while len(out) < extra:
+            repeat += 1
+            order = list(range(len(lines)))
+            rng.shuffle(order)
+            for i in order[:extra - len(out)]:
+                record = json.loads(lines[i])
+                record["id"] = f"{record['id']}#{repeat}"
+                out.append(dumps_line(record) + b"\n")
+        _write_atomic(stem.with_suffix(".jsonl"), b"".join(out))
+        stats = {"examined": 0, "accepted": len(out), "resampled": len(out), "skipped": {}, "filtered": {},
+                 "images": {}}
+        _write_atomic(done, _dump(stats))
+        self.chunks.append(stem.with_suffix(".jsonl"))
+        log.info("%s: %d records resampled (%d passes)", src.name, len(out), repeat)
+        return stats
 
     def _check_skip_rate(self, src: SourceConfig, stats: dict, final: bool) -> None:
         examined, skipped = stats["examined"], sum(stats["skipped"].values())
@@ -192,24 +253,48 @@ class _Stager:
             return
         if skipped / examined > src.max_skip_rate:
             reasons = ", ".join(f"{reason} {n}" for reason, n in stats["skipped"].most_common(3))
-            raise ValueError(f"source {src.name}: {skipped} of {examined} examined records skipped "
+            raise DataError(f"source {src.name}: {skipped} of {examined} examined records skipped "
                              f"({skipped / examined:.1%}: {reasons}), above max_skip_rate {src.max_skip_rate:.1%}")
 
     def _draft(self, src: SourceConfig, reader, item, index: int):
-        """(draft, None) or (None, reason)."""
+        """(draft, None, characters replaced) or (None, reason, 0).
+
+        Text is made safe twice: the candidate before the reader sees it, and the draft after (text
+        the reader read itself: Parquet cells, per-sample JSON files); see `text.clean`."""
         rng = random.Random(f"{self.config.seed}:{src.name}:{index}")  # per candidate: order-independent
         try:
             if isinstance(item, Bad):
                 raise Reject(item.reason)
+            item, replaced = clean(item)
             draft = reader.draft(item, src, rng)
+            draft.conversations, more = clean(draft.conversations)
+            draft.origin, origin_replaced = clean(str(draft.origin))
             problem = conversation_problem(draft.conversations, draft.image is not None, len(draft.targets))
             if problem:
                 raise Reject(problem)
-            return draft, None
+            return draft, None, replaced + more + origin_replaced
         except Reject as reject:
-            return None, reject.reason
+            return None, reject.reason, 0
         except (KeyError, IndexError, TypeError, AttributeError):  # malformed native record
-            return None, "bad_record"
+            return None, "bad_record", 0
+        except DataError as error:
+            raise error.naming(src.name, self._where(src, reader, item, index)) from None
+        except Exception as error:  # a bug or an I/O failure: not the user's, so keep the cause
+            raise BuildError(f"source {src.name}: record {src.name}/{index} of {self._where(src, reader, item, index)}: "
+                             f"{type(error).__name__}: {error}") from error
+
+    def _where(self, src: SourceConfig, reader, item, index: int, items=None) -> str:
+        """The native file a candidate came from (for messages and the manifest)."""
+        items = self._items if items is None else items
+        if isinstance(items, Candidates) and items.starts:
+            return items.file_of(index)
+        where = getattr(reader, "where", None)
+        if where is not None and not isinstance(item, Bad):
+            try:
+                return str(where(item))
+            except Exception:  # noqa: BLE001 - only a message is at stake
+                pass
+        return str(src.paths[0])
 
     def _chunk(self, src: SourceConfig, reader, items: list, indices: list[int], number: int) -> dict:
         folder = self.work / src.name
@@ -217,22 +302,28 @@ class _Stager:
         done = stem.with_suffix(".json")
         if done.exists():  # committed by an earlier run
             stats = json.loads(done.read_text())
-            self.images.update({name: tuple(place) for name, place in stats["images"].items()})
+            blobs = {}  # one string per blob file, shared by its entries (memory at 1M+ images)
+            self.images.update({name: (blobs.setdefault(place[0], place[0]), place[1], place[2])
+                                for name, place in stats["images"].items()})
             self.chunks.append(stem.with_suffix(".jsonl"))
             return stats
         folder.mkdir(parents=True, exist_ok=True)
-        skipped, filtered, records, placed = Counter(), Counter(), [], {}
+        self.doing = f"source {src.name}: chunk {number}"
+        skipped, filtered, lines, placed = Counter(), Counter(), [], {}
+        replaced_chars = replaced_records = 0
+        unwritable = []
         blob = stem.with_suffix(".bin")
+        blob_name = str(blob.relative_to(self.work))  # one string shared by this chunk's image entries
         blob_tmp = blob.with_name(blob.name + ".tmp")
         # Small batches bound memory (Parquet drafts carry image bytes) and keep the workers busy.
         step = max(256, 64 * self.config.workers)
         with open(blob_tmp, "wb") as f:
             for start in range(0, len(indices), step):
                 drafts = [(index, *self._draft(src, reader, items[index], index)) for index in indices[start:start + step]]
-                jobs = [(source, self.config.max_image_pixels) for _, draft, _ in drafts if draft
+                jobs = [(source, self.config.max_image_pixels) for _, draft, _, _ in drafts if draft
                         for source in ([draft.image] if draft.image is not None else []) + draft.targets]
                 results = iter(self._check_images(jobs))
-                for index, draft, reason in drafts:
+                for index, draft, reason, replaced in drafts:
                     checked = []
                     if draft:
                         checked = [next(results) for _ in range(int(draft.image is not None) + len(draft.targets))]
@@ -241,33 +332,68 @@ class _Stager:
                         (filtered if reason in FILTER_REASONS else skipped)[reason] += 1
                         continue
                     names = [f"{sha}.{ext}" for _, sha, ext, _ in checked]
+                    has_image = draft.image is not None
+                    record = {"id": f"{src.name}/{index}", "image": names[0] if has_image else None,
+                              "target_image": names[1:] if has_image else names,
+                              "conversations": draft.conversations,
+                              "meta": {"task": src.task, "source": src.name, "origin": draft.origin}}
+                    try:
+                        line = dumps_line(record)
+                    except (UnicodeError, TypeError, ValueError) as error:  # text `clean` could not make safe
+                        skipped["unwritable"] += 1
+                        where = self._where(src, reader, items[index], index, items)
+                        unwritable.append({"record": record["id"], "file": where,
+                                           "error": f"{type(error).__name__}: {str(error)[:200]}"})
+                        continue
                     for name, (_, _, _, data) in zip(names, checked):
                         if name not in self.images and name not in placed:  # each image stored once
-                            placed[name] = (str(blob.relative_to(self.work)), f.tell(), len(data))
+                            placed[name] = (blob_name, f.tell(), len(data))
                             f.write(data)
-                    has_image = draft.image is not None
-                    records.append({"id": f"{src.name}/{index}", "image": names[0] if has_image else None,
-                                    "target_image": names[1:] if has_image else names,
-                                    "conversations": draft.conversations,
-                                    "meta": {"task": src.task, "source": src.name, "origin": draft.origin}})
+                    lines.append(line + b"\n")
+                    replaced_chars += replaced
+                    replaced_records += bool(replaced)
         # Commit: image bytes, then records, then the stats file that marks the chunk done.
         os.replace(blob_tmp, blob)
-        lines = b"".join(json.dumps(r, ensure_ascii=False, sort_keys=True).encode() + b"\n" for r in records)
-        _write_atomic(stem.with_suffix(".jsonl"), lines)
-        stats = {"examined": len(indices), "accepted": len(records), "skipped": dict(skipped),
-                 "filtered": dict(filtered), "images": placed}
+        _write_atomic(stem.with_suffix(".jsonl"), b"".join(lines))
+        stats = {"examined": len(indices), "accepted": len(lines), "skipped": dict(skipped),
+                 "filtered": dict(filtered), "images": placed, "text_replaced": replaced_chars,
+                 "records_with_replaced_text": replaced_records, "unwritable": unwritable}
         _write_atomic(done, _dump(stats))
         self.images.update(placed)
         self.chunks.append(stem.with_suffix(".jsonl"))
-        log.info("%s: chunk %d: %d of %d accepted", src.name, number, len(records), len(indices))
+        log.info("%s: chunk %d: %d of %d accepted", src.name, number, len(lines), len(indices))
         return stats
 
 
 # ----------------------------------------------------------------------------------- phase 2: shard
 
+class _Locations:
+    """Where each staged record is: (chunk number, offset, size) per record, in three compact arrays
+    (24 bytes a record rather than a tuple's ~120: the plan of 2M records stays small)."""
+
+    def __init__(self):
+        self.chunk, self.offset, self.size = array("l"), array("q"), array("l")
+
+    def append(self, chunk: int, offset: int, size: int) -> None:
+        self.chunk.append(chunk)
+        self.offset.append(offset)
+        self.size.append(size)
+
+    def __len__(self) -> int:
+        return len(self.chunk)
+
+    def __getitem__(self, r) -> tuple[int, int, int]:
+        r = int(r)
+        return self.chunk[r], self.offset[r], self.size[r]
+
+
 def _plan_shards(chunks: list[Path], seed: int, shard_size: int):
-    """(record locations, shards as (groups of record numbers, number of distinct images))."""
-    locations, owner, parent = [], {}, []
+    """(record locations, shards as (groups of record numbers, number of distinct images)).
+
+    Records that share an image are joined (union-find over compact arrays; images are known by the
+    first 64 bits of their sha256), groups are ordered by their first record, shuffled with the seed
+    and cut into shards. Memory: a few tens of bytes per record and per image."""
+    locations, owner, parent = _Locations(), {}, array("q")
 
     def find(x):
         while parent[x] != x:
@@ -281,24 +407,32 @@ def _plan_shards(chunks: list[Path], seed: int, shard_size: int):
             for line in f:
                 record = json.loads(line)
                 r = len(locations)
-                locations.append((number, offset, len(line)))
+                locations.append(number, offset, len(line))
                 parent.append(r)
                 offset += len(line)
                 for name in ([record["image"]] if record["image"] else []) + record["target_image"]:
-                    if name in owner:
-                        parent[find(r)] = find(owner[name])
+                    key = int(name[:16], 16)
+                    if key in owner:
+                        a, b = find(r), find(owner[key])
+                        if a != b:
+                            parent[a] = b
                     else:
-                        owner[name] = r
-    groups, images = defaultdict(list), Counter(find(r) for r in owner.values())
-    for r in range(len(locations)):
-        groups[find(r)].append(r)
-    order = list(groups.items())  # ordered by each group's first record: deterministic
+                        owner[key] = r
+    count = len(locations)
+    roots = np.fromiter((find(r) for r in range(count)), dtype=np.int64, count=count)
+    images = Counter(find(r) for r in owner.values())
+    del owner
+    _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
+    members = np.argsort(inverse, kind="stable")  # records grouped, each group in record order
+    ends = np.cumsum(np.bincount(inverse, minlength=len(first)))
+    order = [int(g) for g in np.argsort(first, kind="stable")]  # groups by their first record: deterministic
     random.Random(f"{seed}:shuffle").shuffle(order)
     shards, current, size, stored = [], [], 0, 0
-    for root, group in order:
+    for g in order:
+        group = members[(ends[g - 1] if g else 0):ends[g]]
         current.append(group)
         size += len(group)
-        stored += images[root]
+        stored += images.get(int(roots[group[0]]), 0)
         if size >= shard_size:
             shards.append((current, stored))
             current, size, stored = [], 0, 0
@@ -344,17 +478,18 @@ def _write_shard(path: Path, groups, key: int, locations, chunk_names, images, r
     with open(tmp, "wb") as f:
         with open_tar_writer(f) as tar:
             for group in groups:
-                records = [json.loads(read(chunk_names[c], offset, size)) for c, offset, size in
-                           (locations[r] for r in group)]
+                # The staged lines are already the stored form (`text.dumps_line`): written as they are.
+                lines = [read(chunk_names[c], offset, size).rstrip(b"\n") for c, offset, size in
+                         (locations[r] for r in group)]
                 written = set()
-                for record in records:  # the group's images first, each once
+                for line in lines:  # the group's images first, each once
+                    record = json.loads(line)
                     for name in ([record["image"]] if record["image"] else []) + record["target_image"]:
                         if name not in written:
                             written.add(name)
                             add_member(tar, name, read(*images[name]))
-                for record in records:
-                    add_member(tar, f"{key:09d}.json",
-                               json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
+                for line in lines:
+                    add_member(tar, f"{key:09d}.json", line)
                     key += 1
     os.replace(tmp, path)
 
@@ -379,7 +514,13 @@ def _manifest(config: MixtureConfig, fingerprint: str, checksums: dict, stats: d
             "count": s["accepted"], "proportion": _share(s["accepted"], total),
             "target_proportion": src.proportion, "examined": s["examined"],
             "skipped": dict(sorted(s["skipped"].items())), "filtered": dict(sorted(s["filtered"].items())),
-            "skip_rate": round(skipped / s["examined"], 6) if s["examined"] else 0.0}
+            "skip_rate": round(skipped / s["examined"], 6) if s["examined"] else 0.0,
+            # how the share is made up: distinct records, repeats (fill: resample), what is missing
+            "fill": src.fill, "unique": s["accepted"] - s["resampled"], "resampled": s["resampled"],
+            "shortfall": max(0, s["target"] - s["accepted"]), "shortfall_tolerance": src.shortfall_tolerance,
+            # U+FFFD put in for invalid code points / lone surrogates (text.clean), and unwritable records
+            "text_replaced": s["text_replaced"], "records_with_replaced_text": s["records_with_replaced_text"],
+            "unwritable": s["unwritable"][:100]}
     skipped, filtered = Counter(), Counter()
     for s in stats.values():
         skipped.update(s["skipped"])
@@ -390,6 +531,7 @@ def _manifest(config: MixtureConfig, fingerprint: str, checksums: dict, stats: d
         "tasks": {task: {"count": n, "proportion": _share(n, total)} for task, n in sorted(tasks.items())},
         "sources": sources,
         "skipped": dict(sorted(skipped.items())), "filtered": dict(sorted(filtered.items())),
+        "text_replaced": sum(s["text_replaced"] for s in stats.values()),
         "shards": shards,
     }
 
@@ -397,26 +539,41 @@ def _manifest(config: MixtureConfig, fingerprint: str, checksums: dict, stats: d
 def build_mixture(config_path, out_dir) -> dict:
     """Build (or resume building) the mixture a config describes into `out_dir`; return its manifest.
 
-    Raises ValueError with a one-line message for user errors: a missing source, a bad config, a
-    source whose skip rate is over its threshold, or too few usable records for a target.
+    User errors (a missing source or file, a bad config, a source over its skip rate or short of its
+    target beyond its tolerance) raise `DataError`, a ValueError with a one-line message naming the
+    source and the file. Anything else (a bug, an I/O failure) raises `BuildError` from the original
+    exception, naming what was being processed; its traceback is kept.
     """
     config = load_config(config_path)
     out = Path(out_dir)
+    progress: list = []
+    try:
+        return _build(config, out, progress)
+    except (DataError, BuildError):
+        raise
+    except Exception as error:
+        doing = (progress[0].doing if progress else "") or "preparing the build"
+        raise BuildError(f"building {out} failed while {doing}: {type(error).__name__}: {error}") from error
+
+
+def _build(config: MixtureConfig, out: Path, progress: list) -> dict:
     fingerprint = config.fingerprint()
     if (out / MANIFEST).exists():
         manifest = read_manifest(out)
         if manifest.get("config_sha256") != fingerprint:
-            raise ValueError(f"{out} already holds a mixture built from another config; use another --out")
+            raise DataError(f"{out} already holds a mixture built from another config; use another --out")
         shutil.rmtree(out / WORK, ignore_errors=True)
         return manifest
     if out.exists() and any(p.name not in {WORK, SHARD_DIR} for p in out.iterdir()):
-        raise ValueError(f"{out} exists and is not a mixture folder; give an empty or new --out")
+        raise DataError(f"{out} exists and is not a mixture folder; give an empty or new --out")
     _check_sources_exist(config)
     work = out / WORK
     checksums = _source_checksums(config, work, fingerprint)
     with _Stager(config, work) as stager:
+        progress.append(stager)
         for src in config.sources:
             stager.stage(src)
+    stager.doing = "writing the shards"
     shards = _write_shards(config, out, stager)
     manifest = _manifest(config, fingerprint, checksums, stager.stats, shards)
     _write_atomic(out / MANIFEST, _dump(manifest))
@@ -495,5 +652,5 @@ def validate_mixture(root, decode_images: bool = False, raise_on_error: bool = T
               "tasks": {t: {"count": n, "proportion": _share(n, total)} for t, n in sorted(tasks.items())},
               "errors": errors[:100], "error_count": len(errors)}
     if errors and raise_on_error:
-        raise ValueError(f"{root} failed validation: {len(errors)} problem(s); first: {errors[0]}")
+        raise DataError(f"{root} failed validation: {len(errors)} problem(s); first: {errors[0]}")
     return report

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from .images import to_rgb
 from .templates import ADDED_TOKENS, I2T, IMAGE_ANSWER, IMAGE_TOKEN, T2I
 
 TASKS = ("understanding", "text", "generation", "editing")
@@ -36,8 +37,11 @@ SKIP_REASONS = (
     "empty_question",
     "empty_answer",
     "too_long",              # even the first exchange exceeds the token budget
+    "unwritable",            # text that could not be stored even after `text.clean` (listed in the manifest)
 )
-FILTER_REASONS = ("duplicate", "blocked_words", "too_short", "test_split")
+# other_split: rows a training file marks as validation/test; test_split: AI2D's test images;
+# abc_label: AI2D letter questions whose diagram has no annotation file to draw the letters from.
+FILTER_REASONS = ("duplicate", "blocked_words", "too_short", "test_split", "other_split", "abc_label")
 
 _SPECIAL = [t for t in ADDED_TOKENS if t != IMAGE_TOKEN]
 
@@ -164,7 +168,7 @@ def check_image(source, max_pixels: int) -> tuple[str, str, bytes]:
                 if image.width * image.height > max_pixels:
                     raise Reject("image_too_large")
                 image.load()
-                image.convert("RGB")
+                to_rgb(image)  # the very conversion the loader will do
                 ext = FORMAT_EXTENSIONS.get(image.format, (image.format or "img").lower())
     except Reject:
         raise
@@ -187,5 +191,8 @@ def try_check_image(job: tuple) -> tuple:
 
 
 def decode_image(data: bytes) -> Image.Image:
+    """Stored bytes as the RGB image training sees: `images.to_rgb` (transparency on white, EXIF
+    orientation, palette, 16-bit and CMYK handled), the project's one conversion."""
     with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
+        image.load()
+        return to_rgb(image)

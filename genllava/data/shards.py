@@ -22,6 +22,8 @@ import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .errors import DataError
+
 from .records import decode_image
 
 MANIFEST = "manifest.json"
@@ -44,9 +46,9 @@ def read_manifest(root) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"{root} is not a built mixture: {MANIFEST} is missing") from None
+        raise DataError(f"{root} is not a built mixture: {MANIFEST} is missing") from None
     except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is unreadable: {error}") from None
+        raise DataError(f"{path} is unreadable: {error}") from None
 
 
 def shard_paths(root) -> list[Path]:

@@ -5,6 +5,12 @@ images so every one is distinct; the InstructPix2Pix folders also get the real s
 tests/fixtures/ipr2pr) and returns `(sources, expected)`: the `sources:` mapping for a mixture
 config, and per source how many records must be accepted, skipped and filtered by reason when the
 config takes `count: all`. `scale` multiplies the good records; the broken ones are written once.
+
+Besides broken records, the fixture carries the defects the real downloads are known to have, each
+with its expected outcome: text with lone UTF-16 surrogates and bytes that are not UTF-8 (kept, with
+U+FFFD, and counted in `EXPECTED_TEXT_REPLACED`), images with transparency (RGBA, LA, P), files of
+other splits planted beside the training files (every planted row holds `OTHER_SPLIT`, which must
+never reach a record), AI2D `abcLabel` questions, and a LLaVA conversation opening with a gpt turn.
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ SCALED_TOTAL = 3000
 SCALED_SIZES = {"sharegpt": 70, "instructpix2pix": 200, "ip2p_parquet": 120, "llava_pretrain": 850,
                 "llava_finetune": 700, "sharegpt4v": 170, "lrv_instruction": 200, "laion_gpt4v": 100,
                 "docvqa": 230, "synthdog": 100, "chartqa": 130, "dvqa": 170, "ai2d": 115}
+OTHER_SPLIT = "PLANTEDOTHERSPLIT"  # in every row of a planted validation/test file: never read
+# Characters each source's accepted records get replaced by U+FFFD (lone surrogates, bad bytes).
+EXPECTED_TEXT_REPLACED = {"sharegpt": 2, "lvis_instruct4v": 1, "instructpix2pix": 1, "synthdog": 1,
+                          "llava_finetune": 1}
 WORDS = ("red blue green small large wooden metal old new bright dark round square cat dog tree house car "
          "boat river mountain street chart bar value year table document receipt letter form").split()
 
@@ -58,7 +68,7 @@ class Maker:
         entry = self.expected[source]
         if outcome == "accepted":
             entry["accepted"] += 1
-        elif outcome in ("duplicate", "blocked_words", "too_short", "test_split"):
+        elif outcome in ("duplicate", "blocked_words", "too_short", "test_split", "other_split", "abc_label"):
             entry["filtered"][outcome] += 1
         else:
             entry["skipped"][outcome] += 1
@@ -77,7 +87,7 @@ class Maker:
         return path
 
     def truncated(self, path: Path) -> Path:
-        data = self.image_bytes("JPEG", 32)
+        data = self.image_bytes("JPEG", 64)  # big enough that half of it still holds the whole header
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data[: len(data) // 2])
         return path
@@ -114,12 +124,49 @@ def _jsonl(path: Path, rows: list, bad_lines: int = 0) -> Path:
     return path
 
 
+INVALID_UTF8 = object()  # a cell value: ground truth whose bytes are not UTF-8 (written unchecked)
+INVALID_UTF8_BYTES = b'{"gt_parse": {"text_sequence": "caf\xe9 menu"}}'
+
+
 def _parquet(path: Path, rows: list[dict], row_group_size: int = 4) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
+    table = pa.Table.from_pylist([{k: ("" if v is INVALID_UTF8 else v) for k, v in row.items()} for row in rows])
+    if any(row.get("ground_truth") is INVALID_UTF8 for row in rows):
+        # pyarrow refuses invalid UTF-8 in a str, but a Parquet writer need not check: build the column raw
+        values = [INVALID_UTF8_BYTES if row["ground_truth"] is INVALID_UTF8 else row["ground_truth"].encode()
+                  for row in rows]
+        offsets = [0]
+        for value in values:
+            offsets.append(offsets[-1] + len(value))
+        array = pa.Array.from_buffers(pa.string(), len(values), [None, pa.array(offsets, pa.int32()).buffers()[1],
+                                                                 pa.py_buffer(b"".join(values))])
+        table = table.set_column(table.column_names.index("ground_truth"), "ground_truth", array)
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def _plant(path: Path, data) -> Path:
+    """A file of another split beside the training files: JSON whose every row holds OTHER_SPLIT."""
+    return _dump(path, data)
+
+
+def transparent_png(path: Path, mode: str = "RGBA") -> Path:
+    """A PNG whose corners are fully transparent (black underneath) with an opaque red square inside."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    image.paste((200, 0, 0, 255), (4, 4, 12, 12))
+    if mode == "LA":
+        image.convert("LA").save(path, "PNG")
+    elif mode == "P":  # palette entry 0 (black) is the transparent one
+        image = Image.new("P", (16, 16), 0)
+        image.putpalette([0, 0, 0, 200, 0, 0])
+        image.paste(1, (4, 4, 12, 12))
+        image.save(path, "PNG", transparency=0)
+    else:
+        image.save(path, "PNG")
     return path
 
 
@@ -143,6 +190,10 @@ def sharegpt(m: Maker, n: int) -> dict:
     rows.append({"id": "long", "conversations": _turns("Write a long essay please.", "word " * 6000,
                                                        "And another one?", "more " * 100)})
     m.expect("sharegpt")  # truncated inside the first answer
+    # lone surrogates, as ShareGPT dumps carry them (json.dumps writes the "\ud83d" escapes): kept, 2 x U+FFFD
+    rows.append({"id": "emoji", "conversations": _turns("Tell me a joke \ud83d about rivers.",
+                                                        "Here it is \udc00: rivers run, mountains stay.")})
+    m.expect("sharegpt")
     broken = [
         ({"id": "b1", "conversations": "not a list"}, "bad_record"),
         ({"id": "b2", "conversations": [{"from": "human", "value": "Where is the river?"}] * 2
@@ -159,6 +210,8 @@ def sharegpt(m: Maker, n: int) -> dict:
     half = len(rows) // 2
     part1 = _dump(m.root / "sharegpt" / "sg_90k_part1.json", rows[:half])
     part2 = _dump(m.root / "sharegpt" / "sg_90k_part2.json", rows[half:])
+    _plant(m.root / "sharegpt" / "sg_90k_test.json", [{"id": "p", "conversations": _turns(
+        f"{OTHER_SPLIT} question here?", f"{OTHER_SPLIT} answer here.")}])
     return {"path": [str(part1), str(part2)]}
 
 
@@ -175,6 +228,11 @@ def instructpix2pix(m: Maker, n: int) -> dict:
         shutil.copytree(real, root / "shard-09" / real.name)
         for _ in real.glob("*_0.jpg"):
             m.expect("instructpix2pix")
+    latin = root / "shard-11" / "latin1"  # a prompt.json with a byte that is not UTF-8: kept, 1 x U+FFFD
+    latin.mkdir(parents=True)
+    (latin / "prompt.json").write_bytes(b'{"edit": "make it caf\xe9 coloured"}')
+    m.image(latin / "5_0.jpg"), m.image(latin / "5_1.jpg")
+    m.expect("instructpix2pix")
     bad = root / "shard-10"
     (bad / "b1").mkdir(parents=True)
     (bad / "b1" / "prompt.json").write_text("{not json")
@@ -204,6 +262,8 @@ def instructpix2pix_parquet(m: Maker, n: int) -> dict:
     rows.append({**rows[0], "edit_prompt": "paint it", "original_image": {"bytes": b"garbage" * 9, "path": None}})
     m.expect("ip2p_parquet", "corrupt_image")
     path = _parquet(m.root / "ip2p-hf" / "data" / "train-00000-of-00001.parquet", rows)
+    _parquet(m.root / "ip2p-hf" / "data" / "test-00000-of-00001.parquet",
+             [{**rows[0], "edit_prompt": f"{OTHER_SPLIT} edit"}])
     return {"reader": "instructpix2pix", "path": str(path.parent)}
 
 
@@ -226,6 +286,8 @@ def llava_pretrain(m: Maker, n: int) -> dict:
         row["conversations"] = _turns("<image>\nDescribe.", caption)
         rows.append(row)
         m.expect("llava_pretrain", reason)
+    _plant(root / "blip_laion_cc_sbu_558k_val.json", [{"id": "p", "image": "00000/000000000.jpg",
+                                                       "conversations": _turns("<image>\nDescribe.", OTHER_SPLIT)}])
     return {"path": str(_dump(root / "blip_laion_cc_sbu_558k.json", rows)), "images": str(root / "images")}
 
 
@@ -247,6 +309,12 @@ def llava_finetune_and_lvis(m: Maker, n: int) -> tuple[dict, dict]:
         m.expect("lvis_instruct4v")
     m.expect("lvis_instruct4v", "bad_json")
     lvis = _jsonl(m.root / "LVIS-Instruct4V" / "lvis_instruct4v_220k.jsonl", lvis_rows, bad_lines=1)
+    with lvis.open("ab") as f:  # a line with a byte that is not UTF-8: kept, 1 x U+FFFD
+        f.write(b'{"id": "lvis-latin", "image": "' + coco[0].encode() + b'", "conversations": [{"from": "human", '
+                b'"value": "<image>\\nWhat is on the caf\xe9 table?"}, {"from": "gpt", "value": "A cup."}]}\n')
+    m.expect("lvis_instruct4v")
+    _plant(m.root / "LVIS-Instruct4V" / "lvis_instruct4v_val.json", [{"id": "p", "image": coco[0], "conversations":
+                                                                      _turns("<image>\nWhat?", OTHER_SPLIT)}])
 
     rows = []
     for i in range(n):
@@ -257,6 +325,19 @@ def llava_finetune_and_lvis(m: Maker, n: int) -> tuple[dict, dict]:
             questions = [f"<image>\nWhat color is the {m.words(1)} {i}?\nAnswer the question using a single word "
                          "or phrase.", "Red", f"How many {m.words(1)}s?", "Two"][: 2 + 2 * (kind == 1)]
             rows.append({"id": f"v{i}", "image": coco[(i * 7) % len(coco)], "conversations": _turns(*questions)})
+        m.expect("llava_finetune")
+    # a text-only conversation opening with a gpt turn: LLaVA's loader trims that turn, so do we
+    rows.append({"id": "lead-gpt", "conversations": [{"from": "gpt", "value": "Hello! Ask me anything."}]
+                 + _turns("Explain rivers to me.", "Rivers carry water to the sea.")})
+    m.expect("llava_finetune")
+    m.image(data / "coco" / "val2017" / "000000000139.jpg")  # LVIS-Instruct4V also asks about val2017 images
+    rows.append({"id": "val2017", "image": "coco/val2017/000000000139.jpg", "conversations": _turns(
+        "<image>\nWhat is in the room \ud800?", "A television.")})  # and a lone surrogate: 1 x U+FFFD
+    m.expect("llava_finetune")
+    for mode in ("RGBA", "LA", "P"):  # transparency must come out on white, not black
+        transparent_png(data / "coco" / "train2017" / f"transparent-{mode}.png", mode)
+        rows.append({"id": f"alpha-{mode}", "image": f"coco/train2017/transparent-{mode}.png",
+                     "conversations": _turns("<image>\nWhat is drawn?", "A red square.")})
         m.expect("llava_finetune")
     for row in lvis_rows[:2]:  # the same samples as in LVIS-Instruct4V: removed by dedup_against
         rows.append({"id": "dup", "image": row["image"], "conversations": _turns(
@@ -289,6 +370,8 @@ def llava_finetune_and_lvis(m: Maker, n: int) -> tuple[dict, dict]:
                                                                 {"from": "gpt", "value": "Hello"}]})
     m.expect("llava_finetune", "bad_record")
     finetune = _dump(m.root / "LLaVA-Finetune" / "llava_v1_5_mix665k.json", rows)
+    _plant(m.root / "LLaVA-Finetune" / "llava_v1_5_mix665k_val.json", [{"id": "p", "conversations": _turns(
+        "Question?", OTHER_SPLIT)}])
     return ({"path": str(finetune), "images": str(data), "dedup_against": "lvis_instruct4v"},
             {"path": str(lvis), "images": str(data)})
 
@@ -304,6 +387,8 @@ def sharegpt4v(m: Maker, n: int) -> dict:
         rows.append({"id": f"s4v{i}", "image": image, "conversations": _turns(
             "<image>\nWhat do you see happening in this image?", f"The image shows {m.words(20)}.")})
         m.expect("sharegpt4v")
+    _plant(m.root / "ShareGPT4V" / "sharegpt4v_val.json", [{"id": "p", "image": coco[0], "conversations": _turns(
+        "<image>\nWhat?", OTHER_SPLIT)}])
     return {"path": str(_dump(m.root / "ShareGPT4V" / "sharegpt4v_instruct_gpt4-vision_cap100k.json", rows)),
             "images": str(data)}
 
@@ -324,6 +409,7 @@ def lrv_instruction(m: Maker, n: int) -> dict:
     m.expect("lrv_instruction", "missing_image")
     rows.append({"image_id": str(2390000), "question": "Is it red?", "answer": ""})
     m.expect("lrv_instruction", "empty_answer")
+    _plant(root / "filter_cap_test.json", [{"image_id": str(2390000), "question": "Is it?", "answer": OTHER_SPLIT}])
     return {"path": str(_dump(root / "filter_cap1.json", rows)), "images": str(root / "image")}
 
 
@@ -342,6 +428,7 @@ def laion_gpt4v(m: Maker, n: int) -> dict:
     m.expect("laion_gpt4v", "missing_image")
     rows.append({"link": "https://example.com/images/0.jpg?size=large", "caption": ""})
     m.expect("laion_gpt4v", "empty_answer")
+    _jsonl(root / "gpt4v-dataset-test.jsonl", [{"link": rows[0]["link"], "caption": OTHER_SPLIT}])
     return {"path": str(_jsonl(root / "gpt4v-dataset.jsonl", rows)), "images": str(root / "images")}
 
 
@@ -359,7 +446,15 @@ def docvqa(m: Maker, n: int) -> dict:
     m.expect("docvqa", "empty_answer")
     data.append({"questionId": 901, "question": "What date?", "image": "documents/absent.png", "answers": ["1999"]})
     m.expect("docvqa", "missing_image")
-    path = _dump(root / "train_v1.0_withQT.json", {"dataset_name": "docvqa", "dataset_version": "1.0", "data": data})
+    data.append({"questionId": 902, "question": f"{OTHER_SPLIT}?", "image": "documents/doc0_1.png",
+                 "answers": ["x"], "data_split": "val"})
+    m.expect("docvqa", "other_split")
+    path = _dump(root / "train_v1.0_withQT.json", {"dataset_name": "docvqa", "dataset_split": "train",
+                                                   "dataset_version": "1.0", "data": data})
+    for split in ("val", "test"):
+        _plant(root / f"{split}_v1.0_withQT.json", {"dataset_name": "docvqa", "dataset_split": split, "data": [
+            {"questionId": 1, "question": f"{OTHER_SPLIT}?", "image": "documents/doc0_1.png", "answers": ["x"],
+             "data_split": split}]})
     return {"path": str(path), "images": str(root)}
 
 
@@ -372,10 +467,15 @@ def synthdog(m: Maker, n: int) -> dict:
         m.expect("synthdog")
     rows.append({"image": {"bytes": m.image_bytes(), "path": None}, "ground_truth": "{broken"})
     m.expect("synthdog", "bad_json")
-    data = m.image_bytes("JPEG", 32)
+    rows.append({"image": {"bytes": m.image_bytes("JPEG", 16), "path": None}, "ground_truth": INVALID_UTF8})
+    m.expect("synthdog")  # a Parquet string that is not UTF-8: kept, 1 x U+FFFD
+    data = m.image_bytes("JPEG", 64)
     rows.append({"image": {"bytes": data[: len(data) // 2], "path": None},
                  "ground_truth": json.dumps({"gt_parse": {"text_sequence": "half"}})})
     m.expect("synthdog", "truncated_image")
+    _parquet(m.root / "synthdog-en" / "data" / "validation-00000-of-00001.parquet", [
+        {"image": {"bytes": m.image_bytes("JPEG", 16), "path": None},
+         "ground_truth": json.dumps({"gt_parse": {"text_sequence": OTHER_SPLIT}})}])
     return {"path": str(_parquet(m.root / "synthdog-en" / "data" / "train-00000-of-00001.parquet", rows).parent)}
 
 
@@ -392,8 +492,13 @@ def chartqa(m: Maker, n: int) -> dict:
         m.expect("chartqa")
     human.append({"imgname": f"{41699051005}.png", "query": "What is the total?", "label": ""})
     m.expect("chartqa", "empty_answer")
+    transparent_png(root / "png" / "transparent.png")
+    human.append({"imgname": "transparent.png", "query": "What colour is the square?", "label": "red"})
+    m.expect("chartqa")
     _dump(root / "train_human.json", human)
     _dump(root / "train_augmented.json", augmented)
+    _plant(root / "val_human.json", [{"imgname": f"{41699051005}.png", "query": "Q?", "label": OTHER_SPLIT}])
+    _plant(root / "test_augmented.json", [{"imgname": f"{41699051005}.png", "query": "Q?", "label": OTHER_SPLIT}])
     return {"path": str(root)}
 
 
@@ -409,6 +514,12 @@ def dvqa(m: Maker, n: int) -> dict:
         m.expect("dvqa")
     rows.append({"image": "bar_train_99999999.png", "question": "Is it?", "answer": "no", "question_id": 99})
     m.expect("dvqa", "missing_image")
+    m.image(root / "images" / "bar_val_easy_00000000.png", "PNG")
+    rows.append({"image": "bar_val_easy_00000000.png", "question": "Is it?", "answer": OTHER_SPLIT, "question_id": 98})
+    m.expect("dvqa", "other_split")
+    for split in ("val_easy", "val_hard"):
+        _plant(root / "qa" / f"{split}_qa.json", [{"image": f"bar_{split}_00000000.png", "question": "Is it?",
+                                                  "answer": OTHER_SPLIT, "question_id": 1}])
     return {"path": str(_dump(root / "qa" / "train_qa.json", rows)), "images": str(root / "images")}
 
 
@@ -419,12 +530,29 @@ def ai2d(m: Maker, n: int) -> dict:
         m.image(root / "images" / f"{i}.png", "PNG")
         questions = {}
         for j in range(2 if i == diagrams else min(2, n - 2 * i)):
-            questions[f"Which {m.words(1)} is shown {i}.{j}?"] = {
+            marker = f" {OTHER_SPLIT}" if i == diagrams else ""
+            questions[f"Which {m.words(1)} is shown {i}.{j}?{marker}"] = {
                 "abcLabel": False, "answerTexts": [m.words(1), m.words(1), m.words(1), m.words(1)],
                 "correctAnswer": (i + j) % 4, "questionId": f"{i}.png-{j}"}
             m.expect("ai2d", "accepted" if i < diagrams else "test_split")
         _dump(root / "questions" / f"{i}.png.json", {"imageName": f"{i}.png", "questions": questions})
     (root / "ai2d_test_ids.csv").write_text(f"{diagrams}\n")
+    # abcLabel questions: the diagram's word labels become the letters the question asks about
+    image = Image.new("RGB", (64, 48), (40, 120, 40))
+    labels = root / "images" / "labels.png"
+    image.save(labels)
+    _dump(root / "annotations" / "labels.png.json", {"text": {
+        "T0": {"id": "T0", "rectangle": [[4, 4], [28, 20]], "replacementText": "A", "value": "leaf"},
+        "T1": {"id": "T1", "rectangle": [[36, 26], [60, 44]], "replacementText": "B", "value": "stem"}}})
+    _dump(root / "questions" / "labels.png.json", {"imageName": "labels.png", "questions": {
+        "Which label shows the leaf?": {"abcLabel": True, "answerTexts": ["A", "B"], "correctAnswer": 0,
+                                        "questionId": "labels.png-0"}}})
+    m.expect("ai2d")
+    image.save(root / "images" / "unlabelled.png")
+    _dump(root / "questions" / "unlabelled.png.json", {"imageName": "unlabelled.png", "questions": {
+        "Which label shows the stem?": {"abcLabel": True, "answerTexts": ["A", "B"], "correctAnswer": 1,
+                                        "questionId": "unlabelled.png-0"}}})
+    m.expect("ai2d", "abc_label")  # no annotations/unlabelled.png.json: the letters cannot be drawn
     (root / "questions" / "broken.png.json").write_text("{")
     m.expect("ai2d", "bad_json")
     _dump(root / "questions" / "odd.png.json", {"imageName": "0.png", "questions": {

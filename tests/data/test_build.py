@@ -120,12 +120,12 @@ def test_skip_rate_over_threshold_fails_naming_the_source(mini, tmp_path):
     from native_fixtures import write_config
 
     only = {k: v for k, v in mini[0].items() if k in ("dvqa", "llava_finetune", "lvis_instruct4v")}
-    with pytest.raises(ValueError, match=r"source llava_finetune: 13 of 23 examined records skipped .*"
+    with pytest.raises(ValueError, match=r"source llava_finetune: 13 of 28 examined records skipped .*"
                                          r"above max_skip_rate 30.0%"):
         build_mixture(write_config(tmp_path / "a.yaml", only, max_skip_rate=0.3), tmp_path / "a")
     only["llava_finetune"] = {**only["llava_finetune"], "max_skip_rate": 0.6}  # a per-source threshold
     manifest = build_mixture(write_config(tmp_path / "b.yaml", only, max_skip_rate=0.3), tmp_path / "b")
-    assert manifest["sources"]["llava_finetune"]["skip_rate"] == round(13 / 23, 6)
+    assert manifest["sources"]["llava_finetune"]["skip_rate"] == round(13 / 28, 6)
 
 
 def test_too_few_usable_records_fail(mini_config, tmp_path):

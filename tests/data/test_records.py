@@ -61,7 +61,7 @@ def test_check_image_keeps_original_bytes(tmp_path):
 ])
 def test_check_image_rejects(tmp_path, make, reason):
     with pytest.raises(Reject) as info:
-        check_image(make(Maker(tmp_path, 0), tmp_path), 100)
+        check_image(make(Maker(tmp_path, 0), tmp_path), 10_000 if reason == "truncated_image" else 100)
     assert info.value.reason == reason
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from ..errors import DataError
+
 from . import (ai2d, chartqa, docvqa, dvqa, instructpix2pix, laion_gpt4v, llava_json, llava_pretrain, lrv_instruction,
                sharegpt, synthdog)
 
@@ -38,4 +40,4 @@ def get_reader(name: str) -> ModuleType:
     try:
         return READERS[name]
     except KeyError:
-        raise ValueError(f"unknown reader {name!r}; known: {', '.join(sorted(READERS))}") from None
+        raise DataError(f"unknown reader {name!r}; known: {', '.join(sorted(READERS))}") from None

@@ -2,7 +2,8 @@
 
 Native layout: a split folder such as `ChartQA Dataset/train/` holding `train_human.json` and
 `train_augmented.json` (JSON lists of `{"imgname", "query", "label"}`) and the charts in `png/`.
-Config: `path` = the split folder (both question files are read), `images` defaults to its `png/`.
+Config: `path` = the `train/` folder, `images` defaults to its `png/`. Only the training split is
+read: `train_*.json` files; `val_*` / `test_*` files put in the same folder are ignored.
 Answers are short: Figure A1's short-answer template.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import random
 
 from ..templates import SHORT_VQA
-from .base import Draft, image_question, image_under, load_json_records, text_field
+from .base import Draft, candidates_of, image_question, image_under, load_json_records, text_field
 
 TASK = "understanding"
 NEEDS_IMAGES = True
@@ -20,11 +21,12 @@ OPTIONS = {}
 
 
 def files(src):
-    return sorted(p for root in src.paths for p in (root.glob("*.json") if root.is_dir() else [root]))
+    return sorted(p for root in src.paths
+                  for p in (root.glob("train_*.json") if root.is_dir() else [root]))
 
 
 def candidates(src) -> list:
-    return [item for path in files(src) for item in load_json_records(path)]
+    return candidates_of(files(src), load_json_records)
 
 
 def draft(item, src, rng: random.Random) -> Draft:

@@ -6,7 +6,9 @@
 - Parquet form (the Hugging Face dataset `timbrooks/instructpix2pix-clip-filtered` and its subsets):
   columns `original_image` (or `input_image`), `edit_prompt` and `edited_image`, images stored as
   `{"bytes", "path"}`.
-Config: `path` = the folder (or a Parquet file); the form is detected from what is in it.
+Config: `path` = the folder (or a Parquet file); the form is detected from what is in it. The data has
+only a training split; Parquet files named for another split (`validation-*`, `test-*`) are ignored.
+Shards still in their `shard-XX.zip` form are a user error that says to unzip them.
 Each sample becomes `<image>` + an editing request in a Figure A1 phrasing -> `[T2I]` image answer.
 """
 
@@ -18,7 +20,9 @@ import random
 import re
 from pathlib import Path
 
+from ..errors import DataError
 from ..records import Reject
+from ..text import read_text
 from ..templates import IMAGE_TOKEN, editing_prompt, image_answer
 from .base import (Draft, gpt, human, one_line, parquet_candidates, parquet_files, parquet_image,
                    parquet_row, text_field)
@@ -35,9 +39,25 @@ def _is_parquet(src) -> bool:
     return root.suffix == ".parquet" or (root.is_dir() and next(root.rglob("*.parquet"), None) is not None)
 
 
+def where(item) -> str:
+    return item[1][0] if item[0] == "parquet" else str(Path(item[1], "prompt.json"))
+
+
+def _check_unzipped(root: Path) -> None:
+    """`download_data.py` fetches `shard-XX.zip` files: read only once they are unzipped in place."""
+    if not root.is_dir():
+        return
+    zips = sorted(path for path in root.rglob("*.zip") if not path.with_suffix("").is_dir())
+    if zips:
+        names = ", ".join(path.name for path in zips[:3]) + (f" and {len(zips) - 3} more" if len(zips) > 3 else "")
+        raise DataError(f"{root} holds {len(zips)} unextracted zip file(s) ({names}); unzip each in place "
+                        f"(e.g. `cd {root} && for z in *.zip; do unzip -q \"$z\"; done`) and build again", file=zips[0])
+
+
 def files(src):
     if _is_parquet(src):
-        return parquet_files(src.paths[0])
+        return parquet_files(src.paths[0], "train")
+    _check_unzipped(src.paths[0])
     return sorted(Path(folder) / "prompt.json" for folder, _ in _folders(src.paths[0]))
 
 
@@ -51,14 +71,15 @@ def _folders(root: Path):
 
 def candidates(src) -> list:
     if _is_parquet(src):
-        items = parquet_candidates(parquet_files(src.paths[0]))
+        items = parquet_candidates(parquet_files(src.paths[0], "train"))
         if items:
             columns = set(parquet_row(items[0]))
             needed = [INPUT_COLUMNS, ("edit_prompt",), ("edited_image",)]
             if not all(columns & set(names) for names in needed):
-                raise ValueError(f"{src.paths[0]}: Parquet columns {sorted(columns)} lack an input image, "
+                raise DataError(f"{src.paths[0]}: Parquet columns {sorted(columns)} lack an input image, "
                                  "`edit_prompt` or `edited_image`")
         return [("parquet", item) for item in items]
+    _check_unzipped(src.paths[0])
     items = []
     for folder, names in _folders(src.paths[0]):
         pairs = {}
@@ -87,8 +108,8 @@ def draft(item, src, rng: random.Random) -> Draft:
                        f"{Path(item[1][0]).name}:{item[1][1]}:{item[1][2]}", rng)
     _, folder, seed, before, after = item
     try:
-        prompt = json.loads(Path(folder, "prompt.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        prompt = json.loads(read_text(Path(folder, "prompt.json")))
+    except (OSError, json.JSONDecodeError):
         raise Reject("bad_json") from None
     instruction = text_field(prompt, "edit", "empty_question")
     return _sample(instruction, Path(folder, before), Path(folder, after), f"{Path(folder).name}/{seed}", rng)

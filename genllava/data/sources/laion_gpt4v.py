@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ..records import MISSING
 from ..templates import LONG_VQA
-from .base import Draft, image_question, image_under, import_pyarrow, load_json_records, text_field
+from .base import (Draft, _row_group, candidates_of, image_question, image_under, import_pyarrow, iter_json_records,
+                   text_field)
 
 TASK = "understanding"
 NEEDS_IMAGES = True
@@ -34,14 +35,15 @@ def files(src):
     return list(src.paths)
 
 
+def _read(path) -> list:
+    if path.suffix == ".parquet":
+        return [row for group in range(import_pyarrow().ParquetFile(path).metadata.num_row_groups)
+                for row in _row_group(str(path), group)]
+    return iter_json_records(path)
+
+
 def candidates(src) -> list:
-    items = []
-    for path in src.paths:
-        if path.suffix == ".parquet":
-            items.extend(import_pyarrow().read_table(path).to_pylist())
-        else:
-            items.extend(load_json_records(path))
-    return items
+    return candidates_of(src.paths, _read)
 
 
 @lru_cache(maxsize=4)

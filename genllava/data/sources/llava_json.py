@@ -4,7 +4,9 @@
 Native layout: a JSON list (or JSON lines) of `{"id", "image"?, "conversations": [{"from", "value"}]}`
 with `<image>` in a human turn; `image` is relative to the folder that holds the image collections
 (`coco/train2017/...`, `gqa/images/...`, `sam/images/...`). Rows without `image` are text-only
-(mix665k's ShareGPT rows) and are kept. Config: `path` = the JSON file(s), `images` = that folder.
+(mix665k's ShareGPT rows) and are kept; a conversation that opens with a `gpt` turn loses that turn,
+as LLaVA's own loader trims it. Only the named file(s) are read (a training set each).
+Config: `path` = the JSON file(s), `images` = that folder (LVIS-Instruct4V needs `coco/val2017/` too).
 The answers already follow LLaVA-1.5's prompts (mix665k carries Figure A1's short-answer suffix),
 so questions are kept verbatim; each answer gets the `[I2T]` task token.
 """
@@ -32,6 +34,8 @@ def draft(item, src, rng: random.Random) -> Draft:
         if len(image) != 1:
             raise Reject("multiple_images")
         image = image[0]
+    if turns and isinstance(turns[0], dict) and ROLE.get(turns[0].get("from")) == "gpt":
+        turns = turns[1:]  # LLaVA's preprocess drops a leading assistant turn the same way
     conversations = []
     for turn in turns:
         if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or turn.get("from") not in ROLE:

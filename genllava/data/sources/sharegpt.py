@@ -21,7 +21,7 @@ from functools import lru_cache
 
 from ..records import Reject
 from ..templates import text_answer
-from .base import Draft, gpt, human, load_json_records
+from .base import Draft, candidates_of, gpt, human, iter_json_records
 
 TASK = "text"
 NEEDS_IMAGES = False
@@ -40,7 +40,7 @@ def files(src):
 
 
 def candidates(src) -> list:
-    return [item for path in src.paths for item in load_json_records(path)]
+    return candidates_of(src.paths, iter_json_records)
 
 
 def _clean(value: str) -> str:
@@ -143,4 +143,4 @@ def dedup_key(item):
         text = "\x00".join(value for _, value in _turns(item))
     except Reject:
         return None
-    return hashlib.sha1(text.encode()).hexdigest()
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()  # lone surrogates: see text.py

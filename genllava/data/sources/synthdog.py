@@ -2,7 +2,8 @@
 
 Native layout: Parquet files (`data/train-*.parquet`) with `image` (`{"bytes", "path"}`) and
 `ground_truth`, a JSON string whose `gt_parse.text_sequence` is the rendered text.
-Config: `path` = the folder with the Parquet files (or one file). Each row becomes a reading request
+Config: `path` = the folder with the Parquet files (or one file). Only the training split is read:
+`validation-*.parquet` files in the same folder are ignored. Each row becomes a reading request
 (in one of a few phrasings) answered with the full text: Figure A1's long form.
 """
 
@@ -27,7 +28,11 @@ REQUESTS = (
 
 
 def files(src):
-    return [path for root in src.paths for path in parquet_files(root)]
+    return [path for root in src.paths for path in parquet_files(root, "train")]
+
+
+def where(item) -> str:
+    return item[0]
 
 
 def candidates(src) -> list:
