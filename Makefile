@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch must come first: an unpinned torch would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install dev demo test clean
+.PHONY: install dev browser demo test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,14 +15,26 @@ install: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e .
 
-dev: install
+# lmms-eval goes in without its deps: they are the eval extra's (in dev), less torchvision, whose
+# PyPI wheels do not load beside the CPU torch (pyproject.toml, docs/evaluation.md).
+dev: install browser
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps "lmms-eval==0.7.3"
+
+# Chromium for the web app's browser test (tests/test_web.py): Debian's package, installed when run
+# as root with apt; otherwise that test skips and says why (pytest -rs prints the reason).
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "note: apt-get could not install chromium; tests/test_web.py will skip"; \
+	else echo "note: no chromium (apt-get install chromium, as root); tests/test_web.py will skip"; fi
 
 demo: install
 	$(BIN)/genllava quickstart --out runs/quickstart
 
 test: dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 clean:
 	rm -rf runs .pytest_cache

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import tempfile
 from pathlib import Path
 
 from .data.conversation import Message, user
@@ -9,6 +12,43 @@ from .data.images import load_image
 from .model.modeling import GenLlava, Reply
 
 HELP = "commands: /image PATH (start over with an image), /reset, /quit"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def safe_text(text: str) -> str:
+    """Any text a user can type or pass: lone surrogates, and bytes that were not UTF-8 (which Python
+    keeps as surrogate escapes in argv and stdin), become U+FFFD instead of crashing the tokenizer."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def save_new_image(image, folder: str | Path, stem: str = "image") -> Path:
+    """Saves `image` as FOLDER/STEM-NNN.png under the first number not taken, never overwriting a file,
+    even with other runs or processes saving into the same folder at once: the PNG is written in
+    full to a temporary file, then linked to its name, which fails if another took it first."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{stem}-", suffix=".png", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            image.save(file, format="PNG")
+        taken = {m.group(1) for p in folder.iterdir() if (m := re.fullmatch(re.escape(stem) + r"-(\d+)\.png", p.name))}
+        number = max((int(n) for n in taken), default=0)
+        while True:
+            number += 1
+            path = folder / f"{stem}-{number:03d}.png"
+            try:
+                try:
+                    os.link(temporary, path)
+                except FileExistsError:
+                    raise
+                except OSError:  # a file system without hard links: an exclusive create, then the bytes
+                    with open(path, "xb") as file:
+                        file.write(Path(temporary).read_bytes())
+                return path
+            except FileExistsError:
+                continue
+    finally:
+        os.unlink(temporary)
 
 
 class ChatSession:
@@ -29,7 +69,8 @@ class ChatSession:
         self.latest = self.image
 
     def reply(self, text: str, task: str | None = None) -> Reply:
-        if not text or not text.strip():
+        text = safe_text(text or "")
+        if not text.strip():
             raise ValueError("empty message; type a question, a request for an image, or /quit")
         message = user(text.strip(), has_image=self.image is not None and not self.history)
         strength = self.strength if self.latest is not None else 1.0
@@ -44,13 +85,17 @@ class ChatSession:
         reply = self.reply(text)
         if reply.image is None:
             return reply.text
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = save_new_image(reply.image, self.out_dir)
         self.saved += 1
-        path = self.out_dir / f"image-{self.saved:03d}.png"
-        reply.image.save(path)
         return (reply.text + "\n" if reply.text else "") + f"[image saved to {path}]"
 
     def repl(self) -> None:
+        import sys
+
+        try:  # bytes typed that are not UTF-8 arrive as surrogate escapes, which safe_text replaces
+            sys.stdin.reconfigure(errors="surrogateescape")
+        except (AttributeError, ValueError, OSError):
+            pass
         print(f"genllava chat. {HELP}")
         while True:
             try:
@@ -64,6 +109,7 @@ class ChatSession:
                 print("(conversation cleared)")
                 continue
             try:
+                line = safe_text(line)
                 if line.startswith("/image"):
                     self.attach(line[len("/image"):].strip())
                     print("(image attached; new conversation)")

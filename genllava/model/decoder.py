@@ -15,6 +15,8 @@ from PIL import Image
 from torch import nn
 from transformers import AutoTokenizer, CLIPTextModel
 
+from ..data.images import to_rgb
+
 
 class DiffusionDecoder(nn.Module):
     def __init__(self, unet: UNet2DConditionModel, vae: AutoencoderKL, scheduler, text_encoder=None, tokenizer=None):
@@ -65,7 +67,7 @@ class DiffusionDecoder(nn.Module):
     # ---- images <-> latents -------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         size = self.resolution
-        arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) for im in images]
+        arrays = [np.asarray(to_rgb(im).resize((size, size), Image.BICUBIC), dtype=np.float32) for im in images]
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -135,10 +137,16 @@ class DiffusionDecoder(nn.Module):
     # ---- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, conditioning: torch.Tensor, negative: torch.Tensor, *, steps: int = 20,
-               guidance_scale: float = 3.0, generator: torch.Generator | None = None,
+               guidance_scale: float = 3.0, generator: torch.Generator | list[torch.Generator] | None = None,
                init_images: torch.Tensor | None = None, strength: float = 1.0) -> list[Image.Image]:
-        """Classifier-free-guided sampling. With init_images and strength < 1 it is SDEdit: start
-        from the input's latent noised to `strength` of the schedule (0 keeps it, 1 regenerates)."""
+        """Classifier-free-guided sampling. With init_images and strength in (0, 1) it is SDEdit: start
+        from the input's latent noised to `strength` of the schedule; 1 regenerates from noise.
+
+        A decoder that predicts the clean sample (prediction_type "sample", as the shapes world's)
+        redraws whatever its conditioning describes at every noise level, even from the clean input,
+        so a later start alone keeps nothing of it (measured: 0.3 and 1.0 give the same image). There
+        each step's clean-image estimate also keeps (1 - strength) of the input's latent, so lower
+        strength keeps more of the input, smoothly. epsilon and v models keep it by construction."""
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
         batch, device = conditioning.shape[0], conditioning.device
@@ -150,7 +158,12 @@ class DiffusionDecoder(nn.Module):
         # The latents and the scheduler's step stay fp32 (DPM-Solver upcasts its sample to fp32 anyway);
         # the UNet's inputs are cast to its dtype and its output back. A no-op for an fp32 decoder.
         unet_dtype = self.unet.dtype
-        latents = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+        if isinstance(generator, (list, tuple)):  # one generator per row: its noise whatever shares the batch
+            latents = torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device, dtype=torch.float32)
+                                 for g in generator])
+        else:
+            latents = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+        init = None
         if init_images is not None and strength < 1.0:
             start = min(int(round(steps * (1.0 - strength))), steps - 1)
             timesteps = timesteps[start:]
@@ -165,5 +178,7 @@ class DiffusionDecoder(nn.Module):
             model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t).to(unet_dtype)
             uncond, cond = self.unet(model_input, t, encoder_hidden_states=both).sample.float().chunk(2)
             guided = uncond + guidance_scale * (cond - uncond)
+            if init is not None and scheduler.config.prediction_type == "sample":
+                guided = init + strength * (guided - init)  # keeps (1 - strength) of the input
             latents = scheduler.step(guided, t, latents).prev_sample
         return self.decode_latents(latents)

@@ -28,11 +28,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, AutoImageProcessor
 
 from ..data import templates
 from ..data.conversation import ASSISTANT, Message
-from .config import GenLlavaConfig
+from .config import CONFIG_NAME, GenLlavaConfig
 from .decoder import DiffusionDecoder
 from .generation_head import GenerationHead
-from .loading import loading, resolve
-from .processor import GenLlavaProcessor
+from .loading import check_complete, loading, resolve
+from .processor import PROCESSOR_CONFIG, GenLlavaProcessor
 from .projector import Projector
 from .vision import VisionTower
 
@@ -45,6 +45,9 @@ class Reply:
     text: str
     task: str  # "[T2I]" or "[I2T]"
     image: Image.Image | None = None
+    prompt_tokens: int = 0  # the prompt's length in tokens
+    completion_tokens: int = 0  # tokens generated (the stop token included)
+    finish_reason: str = "stop"  # "length" when max_new_tokens ran out before a stop token
 
     def as_message(self) -> Message:
         """This reply as a turn of the history: its words and, for an image, the image answer
@@ -72,6 +75,22 @@ def start_task_tokens_as_answer_start(language_model, processor: GenLlavaProcess
     rows = language_model.get_input_embeddings().weight
     for task_id in processor.task_ids.values():
         rows[task_id] = rows[processor.assistant_prefix_ids[-1]]
+
+
+def turn_end(processor: GenLlavaProcessor, new: list[int], cut: int) -> int:
+    """Where the assistant's turn ends in new[:cut]: before the first role marker ("USER:",
+    "ASSISTANT:") the model wrote itself, as when it goes on to imagine the next turn; else `cut`."""
+    def decode(ids: list[int]) -> str:
+        return processor.tokenizer.decode(ids, skip_special_tokens=True)
+
+    text = decode(new[:cut])
+    found = [i for i in (text.find(m) for m in (templates.USER_PREFIX, templates.ASSISTANT_PREFIX)) if i >= 0]
+    if not found:
+        return cut
+    k = 0
+    while k < cut and len(decode(new[:k + 1])) <= min(found):  # the tokens wholly before the marker
+        k += 1
+    return k
 
 
 class GenLlava(nn.Module):
@@ -175,35 +194,65 @@ class GenLlava(nn.Module):
         self.processor.save_pretrained(folder)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, is_trainable: bool = False) -> "GenLlava":
+    def from_pretrained(cls, folder: str | Path, is_trainable: bool = False, device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None, quantization: str | None = None) -> "GenLlava":
         """Loads a model folder. A LoRA folder (language_model_adapter/) loads the base LM named by
         config.language_model, resizes it to the saved tokenizer and wraps it with the adapter
-        (frozen, for inference; `is_trainable=True` to go on training it)."""
+        (frozen, for inference; `is_trainable=True` to go on training it).
+
+        `device` ("auto", "cpu", "cuda", "cuda:1", a torch.device) and `dtype` ("auto", "bfloat16",
+        "float16", "float32", a torch.dtype) say where and in what precision every part runs; "auto"
+        picks the GPU and bf16 (fp16 where bf16 is unsupported) when there is one, else the CPU in
+        fp32. None leaves a part as its from_pretrained gives it, on the CPU (as before these options).
+        `quantization` "8bit" or "4bit" loads the LM through bitsandbytes on a CUDA GPU (low memory)."""
         from ..train.lora import ADAPTER_DIR
+        from .device import quantization_config, resolve_device, resolve_dtype
 
         folder = Path(folder)
-        config = GenLlavaConfig.load(folder)
+        lm_files = f"{ADAPTER_DIR}/adapter_config.json" if (folder / ADAPTER_DIR).is_dir() else f"{LANGUAGE_MODEL_DIR}/config.json"
+        check_complete(folder, [CONFIG_NAME, WEIGHTS_NAME, PROCESSOR_CONFIG, lm_files])
+        with loading("the model config", str(folder.resolve() / CONFIG_NAME)):
+            config = GenLlavaConfig.load(folder)
+        target = None if device is None and dtype is None and quantization is None else resolve_device(device)
+        dtype = None if target is None else resolve_dtype(dtype, target)
+        weights = {} if dtype is None else {"dtype": dtype}
+        quantized = quantization_config(quantization, target, dtype or torch.float32) if quantization else None
+        lm_options = dict(weights)
+        if target is not None and target.type == "cuda":  # straight onto the GPU, not through CPU memory
+            lm_options["device_map"] = {"": str(target)}
+        if quantized is not None:
+            lm_options["quantization_config"] = quantized
         with loading("the vision tower", config.vision_tower):
-            vision = VisionTower.from_pretrained(config.vision_tower, config.vision_feature_layer)
+            vision = VisionTower.from_pretrained(config.vision_tower, config.vision_feature_layer, **weights)
         if (folder / ADAPTER_DIR).is_dir():
             from peft import PeftModel
 
             with loading("the base language model", config.language_model):
                 processor = GenLlavaProcessor.from_pretrained(folder)
-                language_model = AutoModelForCausalLM.from_pretrained(config.language_model)
+                language_model = AutoModelForCausalLM.from_pretrained(config.language_model, **lm_options)
             language_model.resize_token_embeddings(len(processor.tokenizer))  # the added rows come from the adapter
             with loading("the language model's LoRA adapter", str(folder / ADAPTER_DIR)):
                 language_model = PeftModel.from_pretrained(language_model, folder / ADAPTER_DIR, is_trainable=is_trainable)
         else:
             with loading("the trained language model", str(folder / LANGUAGE_MODEL_DIR)):
-                language_model = AutoModelForCausalLM.from_pretrained(folder / LANGUAGE_MODEL_DIR)
+                language_model = AutoModelForCausalLM.from_pretrained(folder / LANGUAGE_MODEL_DIR, **lm_options)
                 processor = GenLlavaProcessor.from_pretrained(folder)
         with loading("the image decoder", config.decoder):
-            decoder = DiffusionDecoder.from_pretrained(config.decoder)
+            decoder = DiffusionDecoder.from_pretrained(config.decoder, dtype=dtype)
         model = cls(config, vision, language_model, processor, decoder)
-        state = load_file(str(folder / WEIGHTS_NAME))
+        with loading("the projector and generation head", str(folder.resolve() / WEIGHTS_NAME)):
+            state = load_file(str(folder / WEIGHTS_NAME))
         model.projector.load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("projector.")})
         model.generation_head.load_state_dict({k[16:]: v for k, v in state.items() if k.startswith("generation_head.")})
+        if quantized is not None:  # the LM is placed and quantized already; bitsandbytes refuses .to()
+            for name in ("vision", "projector", "generation_head", "decoder"):
+                getattr(model, name).to(target, dtype)
+            model.negative_conditioning = model.negative_conditioning.to(target, dtype)
+        else:
+            if dtype is not None:
+                model.to_dtype(dtype)
+            if target is not None:
+                model.to(target)
         return model.eval()
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
@@ -349,44 +398,80 @@ class GenLlava(nn.Module):
 
     # ---- inference ----------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, conversations: list[list[Message]], images: list[Image.Image | None], *,
-                 task: str | None = None, max_new_tokens: int = 64, seed: int = 0,
+    def generate(self, conversations: list[list[Message]], images: list, *,
+                 task: str | None = None, max_new_tokens: int = 64, seed: int | list[int] = 0,
                  guidance_scale: float | None = None, steps: int | None = None, strength: float = 1.0,
-                 init_images: list[Image.Image | None] | None = None) -> list[Reply]:
-        """One assistant reply per conversation (batched, left-padded, greedy).
+                 init_images: list[Image.Image | None] | None = None, temperature: float = 0.0,
+                 top_p: float = 1.0, n: int = 1) -> list[Reply]:
+        """One assistant reply per conversation (batched, left-padded; greedy unless temperature > 0).
 
-        `images[i]` is conversation i's input image (or None). `task` forces "[T2I]" or "[I2T]";
-        otherwise the model decides. `strength` < 1 starts image answers from a noised starting
-        image (SDEdit): `init_images[i]`, by default the input image.
+        `images[i]` is conversation i's input image (or None), or the list of its user turns' images
+        in order (one per user message with has_image). `task` forces "[T2I]" or "[I2T]"; otherwise
+        the model decides. `strength` < 1 starts image answers from a noised starting image
+        (SDEdit): `init_images[i]`, by default the (last) input image.
+
+        `seed` is one int for the whole batch (its image noise drawn as one batch), or one int per
+        conversation: each row then draws its own noise and samples its own words from its own
+        seed, so its answer is the same whatever else shares the batch. `temperature` > 0 samples
+        the words (with nucleus `top_p`) instead of taking the most likely. `n` replies per
+        conversation (returned as conversation 0's n replies, then conversation 1's ...); with a
+        list of seeds, sample k of conversation i uses seed[i] + k.
         """
         if len(conversations) != len(images):
-            raise ValueError("give one image (or None) per conversation")
-        init_images = images if init_images is None else init_images
+            raise ValueError("give one image (or None, or a list of images) per conversation")
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"temperature must be >= 0 and top_p in (0, 1], got {temperature}, {top_p}")
+        per_row = isinstance(seed, (list, tuple))
+        if per_row and len(seed) != len(conversations):
+            raise ValueError(f"{len(seed)} seeds for {len(conversations)} conversations")
+        lists = [_as_list(im) for im in images]
+        if init_images is None:
+            init_images = [given[-1] if given else None for given in lists]
+        if n > 1:
+            conversations = [c for c in conversations for _ in range(n)]
+            lists = [g for g in lists for _ in range(n)]
+            init_images = [im for im in init_images for _ in range(n)]
+            seed = [s + k for s in seed for k in range(n)] if per_row else seed
         proc = self.processor
         prompts = [proc.encode_prompt(msgs, task) for msgs in conversations]
+        for msgs, given in zip(conversations, lists):
+            slots = sum(m.has_image for m in msgs if m.role != ASSISTANT)
+            if slots != len(given):
+                raise ValueError(f"a conversation has {slots} user turn(s) with an image but {len(given)} image(s)")
         ids, mask = proc.pad(prompts, left=True)
-        given = [im for im in images if im is not None]
-        pixels = proc.pixel_values(given).to(self.device) if given else None
+        flat = [im for given in lists for im in given]
+        pixels = proc.pixel_values(flat).to(self.device) if flat else None
         embeds = self.embed(ids.to(self.device), pixels)
         stop = [proc.eos_id, proc.soi_id]
         # Control tokens that only the code may place ([IMG*] follow [SOI] by construction).
         placed_by_code = [proc.image_token_id, *proc.img_token_ids, proc.eoi_id, *proc.task_ids.values()]
+        sampling = {}
+        if temperature > 0:
+            from transformers import LogitsProcessorList
+
+            rows = seed if per_row else [seed + row for row in range(len(prompts))]
+            sampling["logits_processor"] = LogitsProcessorList([RowSampler(rows, temperature, top_p, self.device)])
         out = self.language_model.generate(inputs_embeds=embeds, attention_mask=mask.to(self.device),
                                            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
                                            pad_token_id=proc.pad_id,
-                                           suppress_tokens=placed_by_code if task else placed_by_code[:-2])
+                                           suppress_tokens=placed_by_code if task else placed_by_code[:-2], **sampling)
         replies, wants_image = [], []
         for row, prompt in enumerate(prompts):
             new = out[row].tolist()
             cut = next((i for i, t in enumerate(new) if t in stop), len(new))
+            cut = turn_end(proc, new, cut)  # a "USER:" / "ASSISTANT:" the model wrote ends its turn
             body = ([proc.task_ids[task]] if task else []) + new[:cut]
             chosen = next((t for t, tid in proc.task_ids.items() if body and body[0] == tid), templates.I2T)
             ends_in_image = cut < len(new) and new[cut] == proc.soi_id
-            replies.append(Reply(proc.decode(body), chosen))
+            replies.append(Reply(proc.decode(body), chosen, prompt_tokens=len(prompt),
+                                 completion_tokens=min(cut + 1, len(new)),
+                                 finish_reason="stop" if cut < len(new) else "length"))
             if ends_in_image or task == templates.T2I:
                 wants_image.append((row, prompt + new[:cut] + [proc.soi_id, *proc.img_token_ids, proc.eoi_id]))
         if wants_image:
-            self._draw(wants_image, images, init_images, replies, seed, guidance_scale, steps, strength)
+            self._draw(wants_image, lists, init_images, replies, seed, guidance_scale, steps, strength)
         return replies
 
     def _draw(self, wants_image, images, init_images, replies, seed, guidance_scale, steps, strength) -> None:
@@ -394,7 +479,7 @@ class GenLlava(nn.Module):
         rows = [row for row, _ in wants_image]
         ids, mask = proc.pad([seq for _, seq in wants_image], left=True)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        given = [images[r] for r in rows if images[r] is not None]
+        given = [im for r in rows for im in _as_list(images[r])]
         embeds = self.embed(ids, proc.pixel_values(given).to(self.device) if given else None)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as in training: 0.. from the first real token
         hidden = self.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
@@ -408,11 +493,42 @@ class GenLlava(nn.Module):
             if any(init_images[r] is None for r in rows):
                 raise ValueError("strength < 1 needs an input image for every conversation that draws")
             init = self.decoder.preprocess([init_images[r] for r in rows])
+        if isinstance(seed, (list, tuple)):
+            generator = [torch.Generator(self.device).manual_seed(seed[r]) for r in rows]
+        else:
+            generator = torch.Generator(self.device).manual_seed(seed)
         drawn = self.decoder.sample(conditioning, self.negative_conditioning,
                                     steps=steps or self.config.inference_steps,
                                     guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
-                                    generator=torch.Generator(self.device).manual_seed(seed),
-                                    init_images=init, strength=strength)
+                                    generator=generator, init_images=init, strength=strength)
         for row, image in zip(rows, drawn):
             replies[row].image = image
             replies[row].task = templates.T2I
+
+
+def _as_list(images) -> list:
+    """A conversation's input images: None, one image, or a list of them, as a list."""
+    return [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
+
+
+class RowSampler:
+    """Samples each row's next token from its own generator (temperature, then nucleus top_p) and
+    leaves only that token possible, so greedy search takes it: a row's words depend on its own seed
+    and logits only, whatever else shares the batch (generate's do_sample draws a whole batch
+    from the global RNG)."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device):
+        self.temperature, self.top_p = temperature, top_p
+        # Offset from the image noise's seed: words and noise are drawn from different streams.
+        self.generators = [torch.Generator(device).manual_seed(s + 0x5EED) for s in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            ordered, order = probs.sort(dim=-1, descending=True)
+            before = ordered.cumsum(-1) - ordered  # mass of the tokens ranked above each token
+            ordered = ordered.masked_fill(before >= self.top_p, 0.0)  # always keeps the top token
+            probs = torch.zeros_like(probs).scatter(-1, order, ordered)
+        chosen = torch.stack([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(-1, chosen, 0.0)

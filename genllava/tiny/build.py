@@ -55,8 +55,14 @@ def _config(name: str) -> dict:
     return json.loads((CONFIGS / f"{name}.json").read_text())
 
 
+# The two trained tokenizers ship as files: the `tokenizers` BPE trainer breaks ties between equally frequent
+# pairs differently from run to run when it trains in parallel, and the same seed must give the same folder.
+# `python -m genllava.tiny.build` retrains and rewrites them.
+TOKENIZERS = Path(__file__).parent / "tokenizers"
+
+
 def _source_files() -> list[Path]:
-    return sorted(CONFIGS.glob("*.json")) + [Path(__file__)]
+    return sorted(CONFIGS.glob("*.json")) + sorted(TOKENIZERS.rglob("*.json")) + [Path(__file__)]
 
 
 def _corpus() -> list[str]:
@@ -165,8 +171,8 @@ def build_tiny_components(root: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed), so the same seed gives byte-identical weights."""
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from transformers import (CLIPTextConfig, CLIPTextModel, MistralConfig, MistralForCausalLM, SiglipConfig,
-                              SiglipModel)
+    from transformers import (AutoTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, MistralConfig,
+                              MistralForCausalLM, SiglipConfig, SiglipModel)
     from transformers.utils import logging as hf_logging
 
     root = Path(root)
@@ -181,11 +187,10 @@ def build_tiny_components(root: str | Path, seed: int = 0) -> Path:
 
         # language/: Mistral with untied embeddings; its vocabulary is the trained tokenizer's.
         language = _config("language")
-        tokenizer = build_mistral_tokenizer(language["vocab_size"])
-        language["vocab_size"] = len(tokenizer)
+        shutil.copytree(TOKENIZERS / "mistral", root / "language")
+        language["vocab_size"] = len(AutoTokenizer.from_pretrained(root / "language"))
         torch.manual_seed(seed)
         _save(MistralForCausalLM(MistralConfig(**language)), root / "language")
-        save_mistral_tokenizer(tokenizer, root / "language")
 
         # decoder/: Stable Diffusion v1.4's layout.
         decoder = root / "decoder"
@@ -195,12 +200,12 @@ def build_tiny_components(root: str | Path, seed: int = 0) -> Path:
         _save(AutoencoderKL.from_config(_config("vae")), decoder / "vae")
         PNDMScheduler.from_config(_config("scheduler")).save_pretrained(decoder / "scheduler")
         text = _config("text_encoder")
-        clip_tokenizer = build_clip_tokenizer(text["vocab_size"])
+        shutil.copytree(TOKENIZERS / "clip", decoder / "tokenizer")
+        clip_tokenizer = CLIPTokenizer.from_pretrained(decoder / "tokenizer")
         text |= {"vocab_size": len(clip_tokenizer), "bos_token_id": clip_tokenizer.bos_token_id,
                  "eos_token_id": clip_tokenizer.eos_token_id, "pad_token_id": clip_tokenizer.pad_token_id}
         torch.manual_seed(seed)
         _save(CLIPTextModel(CLIPTextConfig(**text)), decoder / "text_encoder")
-        clip_tokenizer.save_pretrained(decoder / "tokenizer")
         shutil.copyfile(CONFIGS / "model_index.json", decoder / "model_index.json")
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -237,3 +242,16 @@ def tiny_components(cache: str | Path | None = None) -> Path:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+def write_tokenizers(vocab_sizes: tuple[int, int] = (1024, 512)) -> None:
+    """Retrains the two tokenizers on the corpus and rewrites the shipped files (genllava/tiny/tokenizers/)."""
+    for name in ("mistral", "clip"):
+        shutil.rmtree(TOKENIZERS / name, ignore_errors=True)
+    save_mistral_tokenizer(build_mistral_tokenizer(vocab_sizes[0]), TOKENIZERS / "mistral")
+    build_clip_tokenizer(vocab_sizes[1]).save_pretrained(TOKENIZERS / "clip")
+
+
+if __name__ == "__main__":
+    write_tokenizers()
+    print(f"wrote {TOKENIZERS}")
