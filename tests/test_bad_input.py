@@ -24,17 +24,9 @@ from PIL import Image
 
 from genllava.cli import main, parser
 from genllava.model.modeling import GenLlava
+from test_cli import run  # the CLI in-process: (exit code, stdout, stderr)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as stop:  # argparse refuses a bad option, in one line too
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def refused(capsys, *argv, mentions=()) -> str:
