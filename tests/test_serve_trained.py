@@ -50,22 +50,24 @@ def test_questions_about_uploaded_images_are_answered_right(client):
     assert right / len(records) >= 0.5, right
 
 
+def judged_right(records, draw) -> int:
+    """How many of `draw(record, seed)`'s images (OpenAI ImagesResponses) the detector finds right."""
+    return sum(matches(image_from_b64(draw(record, i).data[0].b64_json), record["meta"]["target_scenes"][0])
+               for i, record in enumerate(records))
+
+
 def test_generated_images_are_judged_right_by_the_detector(client):
     records = make_eval_records("generation", 6, seed=102)
-    right = 0
-    for i, record in enumerate(records):
-        result = client.images.generate(model="shapes", prompt=_text(record["conversations"][0]), extra_body={"seed": i})
-        right += matches(image_from_b64(result.data[0].b64_json), record["meta"]["target_scenes"][0])
+    right = judged_right(records, lambda record, i: client.images.generate(
+        model="shapes", prompt=_text(record["conversations"][0]), extra_body={"seed": i}))
     assert right >= 5, right
 
 
 def test_edits_through_images_edits_are_judged_right(client):
     records = make_eval_records("editing", 6, seed=103)
-    right = 0
-    for i, record in enumerate(records):
-        result = client.images.edit(model="shapes", image=("in.png", png_bytes(record["image"]), "image/png"),
-                                    prompt=_text(record["conversations"][0]), extra_body={"seed": i})
-        right += matches(image_from_b64(result.data[0].b64_json), record["meta"]["target_scenes"][0])
+    right = judged_right(records, lambda record, i: client.images.edit(
+        model="shapes", image=("in.png", png_bytes(record["image"]), "image/png"),
+        prompt=_text(record["conversations"][0]), extra_body={"seed": i}))
     assert right >= 3, right
 
 
