@@ -121,3 +121,34 @@ def test_serve_checks_its_flags_and_folder_before_loading(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["serve", "--model", str(tmp_path), "--max-n", "0"]) == 2
     assert "max_n" in capsys.readouterr().err
+
+
+def test_streamed_words_add_up_to_each_rows_reply(tiny_model):
+    model = tiny_model.eval()
+    heard: dict[int, list[str]] = {}
+    sample = dict(max_new_tokens=16, temperature=1.5, seed=[1, 2, 3])
+    replies = model.generate([QUESTION] * 3, [CIRCLE] * 3, on_text=lambda row, d: heard.setdefault(row, []).append(d),
+                             **sample)
+    assert [r.text for r in replies] == [r.text for r in model.generate([QUESTION] * 3, [CIRCLE] * 3, **sample)]
+    for row, reply in enumerate(replies):
+        said = "".join(heard.get(row, []))
+        assert reply.text.startswith(said) and (said or " " not in reply.text.strip()), (row, said, reply.text)
+    assert max(len(pieces) for pieces in heard.values()) > 1  # word by word, not the whole reply at once
+
+
+def test_a_text_answer_asked_for_never_draws_even_where_the_model_would(tiny_model):
+    model = tiny_model.eval()
+    soi = model.processor.soi_id
+
+    def wants_an_image(module, inputs, logits):  # the LM's favourite next token is always [SOI]
+        logits[..., soi] += 1e4
+        return logits
+
+    hook = model.language_model.get_output_embeddings().register_forward_hook(wants_an_image)
+    try:
+        free, = model.generate([[user("Tell me about circles.")]], [None], max_new_tokens=4)
+        text, = model.generate([[user("Tell me about circles.")]], [None], task=templates.I2T, max_new_tokens=4)
+    finally:
+        hook.remove()
+    assert free.image is not None and free.task == T2I  # left to itself, it draws
+    assert text.image is None and text.task == templates.I2T and text.completion_tokens == 4

@@ -1,16 +1,18 @@
 """The server's parts without a real model: batching of concurrent requests into one generate call,
-a full queue (429 with retry-after), the per-request timeout (504), remote URLs (refused, or fetched
-from an allowed host), body and image limits checked before decoding, and a fake model's failures
-never leaking a traceback."""
+streamed words leaving while the batch still runs, a full queue (429 with retry-after), the
+per-request timeout (504), remote URLs (refused, or fetched from an allowed host), body and image
+limits checked before decoding, and a fake model's failures never leaking a traceback."""
 
 from __future__ import annotations
 
 import base64
 import http.server
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
@@ -194,3 +196,51 @@ def test_b64_data_urls_round_trip():
     image = Image.new("RGB", (5, 3), (1, 2, 3))
     decoded = decode_data_url("data:image/png;base64," + base64.b64encode(png_bytes(image)).decode(), Limits(), "x")
     assert decoded.size == (5, 3) and decoded.getpixel((4, 2)) == (1, 2, 3)
+
+
+class StreamingModel(FakeModel):
+    """Writes "Hello", then holds the batch until the test lets it go, then finishes "Hello world"."""
+
+    def __init__(self):
+        super().__init__()
+        self.go = threading.Event()
+
+    def generate(self, conversations, images, *, seed, task=None, on_text=None, **options):
+        on_text(0, "Hello")
+        assert self.go.wait(30), "the test never read the first words"
+        on_text(0, " world")
+        return [Reply("Hello world, bye", "[I2T]", None, prompt_tokens=3, completion_tokens=4)]
+
+
+def test_streamed_words_leave_while_the_batch_is_still_running():
+    import uvicorn
+
+    from serving import free_port
+
+    model = StreamingModel()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(model, model_name="fake"), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pieces = []
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
+                          json=chat("hi", stream=True)) as response:
+            for line in response.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                delta = json.loads(line[6:])["choices"][0]["delta"]
+                if delta.get("content"):
+                    pieces.append(delta["content"])
+                    if len(pieces) == 1:  # generate is still blocked: this word left before it returned
+                        assert not model.go.is_set()
+                        model.go.set()
+        assert pieces == ["Hello", " world", ", bye"]  # the words as written, then the rest of the reply
+    finally:
+        model.go.set()
+        server.should_exit = True
+        thread.join(10)

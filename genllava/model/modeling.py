@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -34,6 +35,7 @@ from .generation_head import GenerationHead
 from .loading import check_complete, loading, resolve
 from .processor import PROCESSOR_CONFIG, GenLlavaProcessor
 from .projector import Projector
+from .streaming import RowTextStreamer
 from .vision import VisionTower
 
 WEIGHTS_NAME = "model.safetensors"  # projector + generation head
@@ -402,7 +404,7 @@ class GenLlava(nn.Module):
                  task: str | None = None, max_new_tokens: int = 64, seed: int | list[int] = 0,
                  guidance_scale: float | None = None, steps: int | None = None, strength: float = 1.0,
                  init_images: list[Image.Image | None] | None = None, temperature: float = 0.0,
-                 top_p: float = 1.0, n: int = 1) -> list[Reply]:
+                 top_p: float = 1.0, n: int = 1, on_text: Callable[[int, str], None] | None = None) -> list[Reply]:
         """One assistant reply per conversation (batched, left-padded; greedy unless temperature > 0).
 
         `images[i]` is conversation i's input image (or None), or the list of its user turns' images
@@ -415,7 +417,8 @@ class GenLlava(nn.Module):
         seed, so its answer is the same whatever else shares the batch. `temperature` > 0 samples
         the words (with nucleus `top_p`) instead of taking the most likely. `n` replies per
         conversation (returned as conversation 0's n replies, then conversation 1's ...); with a
-        list of seeds, sample k of conversation i uses seed[i] + k.
+        list of seeds, sample k of conversation i uses seed[i] + k. `on_text(row, delta)`, when given,
+        hears each reply's words as they are written (row: the reply's index in the returned list).
         """
         if len(conversations) != len(images):
             raise ValueError("give one image (or None, or a list of images) per conversation")
@@ -453,10 +456,15 @@ class GenLlava(nn.Module):
 
             rows = seed if per_row else [seed + row for row in range(len(prompts))]
             sampling["logits_processor"] = LogitsProcessorList([RowSampler(rows, temperature, top_p, self.device)])
+        if on_text is not None:
+            sampling["streamer"] = RowTextStreamer(proc.decode, len(prompts), stop, on_text)
+        if task == templates.I2T:  # a text answer was asked for: no image may start
+            placed_by_code.append(proc.soi_id)
+        elif task is None:  # the model picks the task token itself
+            placed_by_code = [t for t in placed_by_code if t not in proc.task_ids.values()]
         out = self.language_model.generate(inputs_embeds=embeds, attention_mask=mask.to(self.device),
                                            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
-                                           pad_token_id=proc.pad_id,
-                                           suppress_tokens=placed_by_code if task else placed_by_code[:-2], **sampling)
+                                           pad_token_id=proc.pad_id, suppress_tokens=placed_by_code, **sampling)
         replies, wants_image = [], []
         for row, prompt in enumerate(prompts):
             new = out[row].tolist()

@@ -225,11 +225,15 @@ def create_app(model, limits: Limits | None = None, api_key: str | None = None, 
         job = Job(conversation.messages, conversation.images, conversation.latest, new_seed(body.seed), n,
                   options(task, max_tokens, body.temperature, body.top_p, body.guidance_scale,
                           body.num_inference_steps, strength))
+        words = None
+        if body.stream:  # the worker thread hands each reply's new words to this request's event loop
+            words, loop = asyncio.Queue(), asyncio.get_running_loop()
+            job.on_text = lambda k, delta: loop.call_soon_threadsafe(words.put_nowait, (k, delta))
         job, deadline = submit(job)
         completion_id, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream(job, deadline, completion_id, now, n, prompt_tokens, usage),
+            return StreamingResponse(stream(job, words, deadline, completion_id, now, n, prompt_tokens, usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         replies = await result(job, deadline)
@@ -248,27 +252,40 @@ def create_app(model, limits: Limits | None = None, api_key: str | None = None, 
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                 "total_tokens": prompt_tokens + completion}
 
-    async def stream(job, deadline, completion_id, now, n, prompt_tokens, include_usage):
+    async def stream(job, words, deadline, completion_id, now, n, prompt_tokens, include_usage):
+        """Server-sent events: each reply's words as the model writes them, then its image (if any)
+        and finish reason, the usage when asked, and [DONE]."""
         def event(choices, **extra) -> str:
             chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": now, "model": name,
                      "system_fingerprint": None, "choices": choices, **extra}
             return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
 
+        def text(index: int, piece: str) -> str:
+            return event([{"index": index, "delta": {"content": piece}, "finish_reason": None, "logprobs": None}])
+
+        loop = asyncio.get_running_loop()
+        job.future.add_done_callback(lambda _: loop.call_soon_threadsafe(words.put_nowait, None))
+        sent = [""] * n
         try:
             yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
                           "logprobs": None} for i in range(n)])
             try:
+                while (item := await asyncio.wait_for(words.get(), max(0.0, deadline - time.monotonic()))) is not None:
+                    index, piece = item
+                    sent[index] += piece
+                    yield text(index, piece)
                 replies = await result(job, deadline)
-            except APIError as err:
+            except (APIError, asyncio.TimeoutError) as err:
+                if isinstance(err, asyncio.TimeoutError):
+                    job.cancelled = True
+                    err = APIError(504, f"the request did not finish within {limits.timeout_s:g} s", None, "timeout")
                 yield f"data: {json.dumps(err.body())}\n\n"
                 yield "data: [DONE]\n\n"
                 return
             for index, reply in enumerate(replies):
-                words = reply.text.split(" ") if reply.text else []
-                for at, word in enumerate(words):  # the answer comes whole from the batch; sent as words
-                    piece = word if at == 0 else " " + word
-                    yield event([{"index": index, "delta": {"content": piece}, "finish_reason": None,
-                                  "logprobs": None}])
+                rest = reply.text[len(sent[index]):] if reply.text.startswith(sent[index]) else ""
+                if rest:
+                    yield text(index, rest)
                 delta = {}
                 if reply.image is not None:
                     delta["images"] = [image_part(to_data_url(reply.image))]

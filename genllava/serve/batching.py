@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from PIL import Image
 
@@ -39,6 +40,7 @@ class Job:
     seed: int
     n: int
     options: dict  # generate's keyword arguments shared by a batch
+    on_text: Callable[[int, str], None] | None = None  # hears reply k's words as they are written (streaming)
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     cancelled: bool = False
 
@@ -122,9 +124,16 @@ class Batcher:
         self.stats["calls"] += 1
         self.stats["rows"] += len(rows)
         self.stats["largest"] = max(self.stats["largest"], len(rows))
+        def on_text(row: int, delta: str) -> None:
+            job, k = rows[row]
+            if job.on_text is not None:
+                job.on_text(k, delta)
+
+        streaming = any(job.on_text is not None for job in jobs)
         return self.model.generate([job.messages for job, _ in rows], [job.images for job, _ in rows],
                                    init_images=[job.init_image for job, _ in rows],
-                                   seed=[job.seed + k for job, k in rows], **jobs[0].options)
+                                   seed=[job.seed + k for job, k in rows], on_text=on_text if streaming else None,
+                                   **jobs[0].options)
 
     def _run(self, jobs: list[Job]) -> None:
         jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
