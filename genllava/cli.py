@@ -154,15 +154,32 @@ def _quickstart(args) -> None:
 
 
 def _eval_shapes(args) -> None:
+    """One model's scores; with --compare, a second model's on the same questions and the difference."""
     from .eval.shapes_eval import evaluate_shapes
+    from .model.config import CONFIG_NAME
+    from .model.loading import check_complete
     from .quickstart import flat_metrics
 
     _output_file(args.out, "--out")  # before an evaluation that may take long
+    if args.compare:
+        check_complete(args.compare, [CONFIG_NAME])
     results, _ = evaluate_shapes(_load_model(args), args.seed, args.samples)
     payload = {**results, "metrics": flat_metrics(results), "seed": args.seed, "samples": args.samples}
+    if not args.compare:
+        _write_atomic(args.out, lambda path: path.write_text(json.dumps(payload, indent=2) + "\n"))
+        for key, value in payload["metrics"].items():
+            print(f"{key:32s} {value:.3f}")
+        return
+    other, _ = evaluate_shapes(_load_model(argparse.Namespace(**{**vars(args), "model": args.compare})),
+                               args.seed, args.samples)
+    theirs = flat_metrics(other)
+    payload.update(model=args.model, compare={**other, "model": args.compare, "metrics": theirs},
+                   difference={key: value - theirs[key] for key, value in payload["metrics"].items()})
     _write_atomic(args.out, lambda path: path.write_text(json.dumps(payload, indent=2) + "\n"))
+    names = (Path(args.model).parent.name or args.model, Path(args.compare).parent.name or args.compare)
+    print(f"{'':32s} {names[0][:12]:>12s} {names[1][:12]:>12s} {'difference':>12s}")
     for key, value in payload["metrics"].items():
-        print(f"{key:32s} {value:.3f}")
+        print(f"{key:32s} {value:12.3f} {theirs[key]:12.3f} {value - theirs[key]:+12.3f}")
 
 
 def _eval_probe(args) -> None:
@@ -436,6 +453,8 @@ def parser() -> argparse.ArgumentParser:
     es.add_argument("--seed", type=int, default=1, help="the shapes world's seed for the test questions and images")
     es.add_argument("--samples", type=_at_least(1), default=50, help="samples per task")
     es.add_argument("--out", required=True, help="JSON file for the results")
+    es.add_argument("--compare", default=None, help="a second model folder (e.g. `quickstart --mix "
+                    "understanding-only`'s): scored on the same questions, with the difference per metric")
     _model_options(es)
     es.set_defaults(run=_eval_shapes)
     ep = esub.add_parser("probe", help="where answers about images get lost: linear probes along the model")

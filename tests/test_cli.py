@@ -191,6 +191,26 @@ def test_eval_shapes_writes_the_six_metrics(saved_tiny_model, tmp_path, capsys):
         assert key in stdout
 
 
+def test_eval_shapes_compares_two_models_on_the_same_questions(saved_tiny_model, tmp_path, capsys):
+    from serving import build_shapes_model
+
+    shapes = build_shapes_model(tmp_path / "shapes" / "model")  # the world LM: answers text questions
+    alone, both = tmp_path / "tiny.json", tmp_path / "both.json"
+    common = ("--seed", 7, "--samples", 4)
+    assert run(capsys, "eval", "shapes", "--model", saved_tiny_model, *common, "--out", alone)[0] == 0
+    code, stdout, err = run(capsys, "eval", "shapes", "--model", shapes, "--compare", saved_tiny_model, *common,
+                            "--out", both)
+    assert code == 0, err
+    payload, tiny = json.loads(both.read_text()), json.loads(alone.read_text())
+    assert payload["compare"]["metrics"] == tiny["metrics"]  # the same questions as its own run
+    assert payload["difference"] == {k: v - tiny["metrics"][k] for k, v in payload["metrics"].items()}
+    assert payload["difference"]["text.accuracy"] > 0  # the random tiny LM answers none
+    assert "difference" in stdout and all(key in stdout for key in SIX_KEYS)
+    # A second folder that is not a model is refused before anything is evaluated.
+    code, _, err = run(capsys, "eval", "shapes", "--model", shapes, "--compare", tmp_path / "nothing", "--out", both)
+    assert code == 2 and "nothing" in err and "evaluate" not in err
+
+
 def test_eval_probe_writes_the_probes_and_names_a_bad_kind(saved_tiny_model, tmp_path, capsys):
     out = tmp_path / "probe.json"
     code, stdout, err = run(capsys, "eval", "probe", "--model", saved_tiny_model, "--kind", "count", "--shapes", 2,
