@@ -33,7 +33,13 @@ browser:
 demo: install
 	$(BIN)/genllava quickstart --out runs/quickstart
 
-test: dev
+# The serving tests that need right answers (tests/test_serve_trained.py) use the demo's trained
+# model: a clean clone trains it first (about 15 CPU minutes), a later run reuses it.
+DEMO_MODEL := runs/quickstart/model/config.json
+$(DEMO_MODEL): | install
+	$(BIN)/genllava quickstart --out runs/quickstart
+
+test: dev $(DEMO_MODEL)
 	$(BIN)/python -m pytest -q -rs
 
 clean:
