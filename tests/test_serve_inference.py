@@ -152,3 +152,18 @@ def test_a_text_answer_asked_for_never_draws_even_where_the_model_would(tiny_mod
         hook.remove()
     assert free.image is not None and free.task == T2I  # left to itself, it draws
     assert text.image is None and text.task == templates.I2T and text.completion_tokens == 4
+
+
+def test_a_port_already_taken_ends_serve_with_uvicorns_error_and_status_1(saved_tiny_model):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "genllava", "serve", "--model", str(saved_tiny_model), "--port",
+                               str(port), "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "address already in use" in done.stderr
+    assert "genllava serve: model" not in done.stdout  # it never said it was listening

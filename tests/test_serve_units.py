@@ -244,3 +244,31 @@ def test_streamed_words_leave_while_the_batch_is_still_running():
         model.go.set()
         server.should_exit = True
         thread.join(10)
+
+
+def test_under_load_a_batch_waits_a_little_longer_for_the_clients_it_just_answered():
+    from genllava.data.conversation import user
+    from genllava.serve.batching import BUSY_WAIT_SHARE, Batcher, Job
+
+    model = FakeModel(delay=1.0)
+    batcher = Batcher(model, max_batch=8, batch_wait_ms=1)
+    gap = BUSY_WAIT_SHARE * model.delay / 4  # far over batch_wait_ms, well within the busy wait
+
+    def ask(text):
+        return batcher.submit(Job([user(text)], [], None, seed=0, n=1, options={}))
+
+    def two_arriving_apart():
+        first = ask("first")
+        time.sleep(gap)
+        for future in (first, ask("second")):
+            future.result(10)
+
+    try:
+        for future in (ask("a"), ask("b")):  # a call of two rows: the server is busy
+            future.result(10)
+        two_arriving_apart()  # they share a call
+        ask("alone").result(10)  # it waits the busy wait for nobody, then runs alone: a one-row call
+        two_arriving_apart()  # now the server is quiet: each runs as it comes
+    finally:
+        batcher.close(10)
+    assert model.calls == [2, 2, 1, 1, 1], model.calls
