@@ -26,9 +26,9 @@ log = logging.getLogger("genllava.serve")
 
 
 # While the last generate call held several rows, a batch waits for company up to this share of
-# that call's time: the clients it just answered come back within a few milliseconds, and without
-# the wait a steady load splits into two half-size batches that take turns (measured with 16
-# clients: 8 rows per call). At most a 5 % longer wait, and only under load.
+# that call's time: the clients it just answered come back within milliseconds, and without the
+# wait a steady load splits into half-size batches that take turns
+# (docs/findings/2026-11-30-serving-speed.md).
 BUSY_WAIT_SHARE = 0.05
 
 

@@ -1,9 +1,8 @@
 """`genllava serve`: load the model once, run the app under uvicorn.
 
 The model's work (the batching worker) runs in the main thread, the one that loaded the model, and
-uvicorn in a second thread. On a CPU this halves the time of an image answer: torch's OpenMP
-threads serve the first thread that used them at full speed, and a second thread's team ran at
-about half (measured: one image answer 0.68 s in the loading thread, 1.39 s in another).
+uvicorn in a second thread: on a CPU, torch runs a second thread's ops at about half speed
+(docs/findings/2026-11-30-serving-speed.md).
 
 SIGINT/SIGTERM stop accepting connections, let the running and queued requests finish (up to the
 request timeout), then stop the batching worker and exit 0."""
