@@ -42,7 +42,7 @@ from copy import deepcopy
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -51,6 +51,7 @@ from genllava.data.conversation import user  # noqa: E402
 from genllava.data.templates import I2T, T2I  # noqa: E402
 from genllava.model.modeling import GenLlava  # noqa: E402
 from genllava.shapes.world import Scene, Shape, render  # noqa: E402
+from serving import free_port, stop_process  # noqa: E402  (the serving tests' helpers)
 
 TEXT_PROMPT = "Write a short story about a red circle."  # the shapes LM answers it in 13 tokens
 IMAGE_QUESTION = "Describe the image."
@@ -197,8 +198,6 @@ def bench_image(model: GenLlava, repeats: int, steps: int, guidance: float, max_
 def start_server(model_dir: Path, max_batch: int, log: Path):
     import httpx
 
-    sys.path.insert(1, str(ROOT / "tests"))
-    from serving import free_port  # noqa: E402  (the serving tests' helper)
 
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
@@ -306,11 +305,7 @@ def bench_server(model: GenLlava, model_dir: Path, requests: int, steps: int, ma
                           f"generate call; x{r['rps'] / first:.2f} concurrency {levels[0]}, "
                           f"x{r['rps'] / baseline:.2f} sequential")
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_process(process)
 
 
 def main() -> None:

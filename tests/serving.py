@@ -40,6 +40,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 60.0) -> int:
+    """Asks a server subprocess to stop (SIGTERM: a graceful shutdown), kills it after `timeout` s."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 class LiveServer:
     def __init__(self, model_dir: Path, *flags: str, api_key: str | None = API_KEY, log: Path | None = None):
         self.port = free_port()
@@ -74,13 +86,7 @@ class LiveServer:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 60.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, sig, timeout)
         if self._log_file is not subprocess.DEVNULL:
             self._log_file.close()
         return self.process.returncode

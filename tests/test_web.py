@@ -26,6 +26,8 @@ from genllava.data.templates import I2T, T2I
 from genllava.model.modeling import GenLlava
 from genllava.shapes.world import Scene, Shape, render
 
+from serving import stop_process
+
 ARTIFACTS = Path(__file__).parent / "artifacts"
 QUESTION = "What color is the circle?"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -141,12 +143,7 @@ def web_url(shapes_model_dir, tmp_path_factory):
             time.sleep(0.5)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, timeout=30)
 
 
 @pytest.fixture()
